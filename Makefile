@@ -1,0 +1,52 @@
+# Every target sets itself up: `make demo`, `make test` and `make app` work on a fresh clone.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTHON ?= python3
+
+# No telemetry from Ploomber, whatever runs it.
+export PLOOMBER_STATS_ENABLED := false
+export PLOOMBER_VERSION_CHECK_DISABLED := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo run test lint format clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv with the pinned dependencies and the toolkit package
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip >/dev/null
+	$(PY) -m pip install -q --upgrade uv
+	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.lock
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	# Privacy in every interpreter of the venv, including a bare `ploomber build`.
+	echo "import os; os.environ.setdefault('PLOOMBER_STATS_ENABLED', 'false'); os.environ.setdefault('PLOOMBER_VERSION_CHECK_DISABLED', '1')" \
+	  > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/toolkit_privacy.pth
+	touch $(STAMP)
+
+demo: install ## Write the synthetic demo data, run the pipeline for the default market, summarise
+	$(VENV)/bin/toolkit demo-data
+	$(VENV)/bin/toolkit run
+	$(VENV)/bin/toolkit summary
+
+test: install ## Run the test suite
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: install ## Check style with ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## Format with ruff
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+lock: ## Re-pin dependencies into requirements.lock (needs uv)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra app --extra scale \
+	  --python-version 3.11 --no-emit-index-url --no-header -o requirements.lock
+
+clean: ## Remove the local build workspace (not the store)
+	rm -rf .toolkit

@@ -1,0 +1,35 @@
+# %% [markdown]
+# # Forecast
+# Forecast the next `horizon` weeks for the underperformers at today's price, estimate each
+# product's price elasticity, and backtest the model against a seasonal-naive baseline.
+
+# %% tags=["parameters"]
+upstream = ["load_transform", "identify_underperformers"]
+product = None
+run = None  # market, period, category, root: the run identity
+config = None  # config section forecast
+
+# %%
+from pathlib import Path
+
+from toolkit import forecasting, io, schemas
+
+reports = str(Path(product["nb"]).parent)
+weekly = io.read(upstream["load_transform"]["data"], schemas.WeeklySales, report_dir=reports)
+flagged = io.read(upstream["identify_underperformers"]["data"], schemas.Underperformers,
+                  report_dir=reports)
+ids = list(flagged["product_id"])
+
+# %%
+accuracy = forecasting.backtest(weekly, ids, config["backtest_weeks"], config["season_length"])
+summary = forecasting.summarize_backtest(accuracy)
+print(f"backtest WAPE: model {summary['model_wape']:.1%} vs seasonal naive "
+      f"{summary['naive_wape']:.1%} over {summary['n_products']} products")
+
+# %%
+forecasts = forecasting.forecast_frame(weekly, ids, config["horizon"], config["season_length"])
+io.write(forecasts, product["data"], schemas.Forecasts)
+io.write(accuracy, product["accuracy"], schemas.ForecastAccuracy)
+
+# %%
+forecasting.plot_history_and_forecast(weekly, forecasts, ids[:4]);

@@ -1,0 +1,74 @@
+"""Shared fixtures: a private storage root per test, a real S3 API on loopback, the project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+os.environ["PLOOMBER_STATS_ENABLED"] = "false"
+os.environ["PLOOMBER_VERSION_CHECK_DISABLED"] = "1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def local_root(tmp_path, monkeypatch) -> str:
+    """A fresh local storage root for one test."""
+    root = tmp_path / "store"
+    root.mkdir()
+    monkeypatch.setenv("TOOLKIT_ROOT", str(root))
+    return str(root)
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A private copy of the project's configs and env.yaml, safe to edit."""
+    target = tmp_path / "project"
+    target.mkdir()
+    shutil.copytree(PROJECT_DIR / "configs", target / "configs")
+    shutil.copy(PROJECT_DIR / "env.yaml", target / "env.yaml")
+    return target
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server over HTTP on a loopback port, as s3fs's own tests run it."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_root(s3_server, monkeypatch, request) -> str:
+    """A fresh bucket on the moto server, set as the storage root."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    bucket = "toolkit-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    bucket = "".join(c for c in bucket if c.isalnum() or c == "-")
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(
+        Bucket=bucket
+    )
+    root = f"s3://{bucket}/prefix"
+    monkeypatch.setenv("TOOLKIT_ROOT", root)
+    import fsspec
+
+    fsspec.AbstractFileSystem.clear_instance_cache()
+    return root

@@ -1,0 +1,340 @@
+"""Weekly unit forecasts, price elasticities and forecast backtests per product."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
+from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
+__all__ = [
+    "ELASTICITY_BOUNDS",
+    "backtest",
+    "estimate_elasticity",
+    "forecast_products",
+    "summarize_backtest",
+]
+
+ELASTICITY_BOUNDS = (-5.0, -0.1)
+
+# Elasticity is estimated against yearly seasonality; the weekly frame is weekly by contract.
+_ELASTICITY_SEASON_LENGTH = 52
+# Two full seasons are needed to tell seasonality apart from trend and level shifts.
+_MIN_SEASONS = 2
+# Ten yearly harmonics follow a sharp holiday peak without chasing weekly noise.
+_MAX_HARMONICS = 10
+# Newey-West lags: residuals of weekly sales stay correlated for about a month.
+_HAC_LAGS = 4
+# Fourier phases are anchored to a fixed Monday so that every product and every
+# backtest cut-off sees the same week-of-year pattern.
+_EPOCH = pd.Timestamp("1970-01-05")
+_REQUIRED_COLUMNS = ("product_id", "week", "units", "avg_price", "list_price")
+
+
+def estimate_elasticity(weekly: pd.DataFrame) -> pd.DataFrame:
+    """Estimates each product's constant price elasticity of demand.
+
+    Per product, log1p(units) is regressed on log(avg_price / list_price), a linear
+    trend and yearly Fourier terms, so that seasonal peaks and slow drifts are not
+    mistaken for price response. Standard errors are Newey-West (HAC) because weekly
+    residuals are autocorrelated.
+
+    Args:
+        weekly: Weekly sales, one row per product per week (see module contract).
+
+    Returns:
+        One row per product, sorted by product_id, with columns product_id,
+        elasticity (clipped to ELASTICITY_BOUNDS) and elasticity_se (unclipped
+        standard error). A product whose price never moved or that never sold has
+        no identifiable elasticity: elasticity is NaN and elasticity_se is inf.
+
+    Raises:
+        ValueError: If a column is missing or a product has fewer than 104 weeks,
+            gaps or duplicate weeks.
+    """
+    _check_columns(weekly)
+    rows = []
+    for product_id, frame in weekly.groupby("product_id", sort=True):
+        min_weeks = _MIN_SEASONS * _ELASTICITY_SEASON_LENGTH
+        series = _prepare(frame, product_id, _ELASTICITY_SEASON_LENGTH, min_weeks)
+        elasticity, se = np.nan, np.inf
+        if series["units"].any() and _has_price_variation(series["log_ratio"]):
+            fit = _regress(series, _ELASTICITY_SEASON_LENGTH, cov_type="HAC")
+            elasticity = float(np.clip(fit.params[2], *ELASTICITY_BOUNDS))
+            se = float(fit.bse[2])
+        rows.append({"product_id": product_id, "elasticity": elasticity, "elasticity_se": se})
+    return pd.DataFrame(rows, columns=["product_id", "elasticity", "elasticity_se"])
+
+
+def forecast_products(
+    weekly: pd.DataFrame,
+    product_ids: Sequence[str],
+    horizon: int,
+    season_length: int = 52,
+) -> pd.DataFrame:
+    """Forecasts weekly units at the current list price, without promotions.
+
+    Model, per product on log1p(units): a regression on trend, Fourier seasonality
+    and log price ratio isolates the seasonal and price effects; the remaining
+    price-adjusted, deseasonalised series is forecast with damped-trend exponential
+    smoothing so that recent level shifts (e.g. a declining product) carry forward
+    while old history still shapes the seasonality. The seasonal profile is added
+    back at a price ratio of 1 and the result is transformed back to units.
+
+    Args:
+        weekly: Weekly sales, one row per product per week (see module contract).
+        product_ids: Products to forecast; duplicates are ignored.
+        horizon: Number of future weeks, at least 1.
+        season_length: Weeks per seasonal cycle.
+
+    Returns:
+        One row per product per future week, in the order of product_ids, with
+        columns product_id, week (the Mondays after the product's last week),
+        step (1..horizon) and forecast_units (>= 0).
+
+    Raises:
+        ValueError: On horizon < 1, an unknown product id, or a product with fewer
+            than two seasons of weeks, gaps or duplicate weeks.
+    """
+    if horizon < 1:
+        raise ValueError(f"horizon must be at least 1 week, got {horizon}")
+    series_by_product = _select(weekly, product_ids, season_length, holdout_weeks=0)
+    frames = []
+    for product_id, series in series_by_product.items():
+        steps = np.arange(1, horizon + 1)
+        last_week = series["week"].iloc[-1]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "product_id": product_id,
+                    "week": last_week + pd.to_timedelta(7 * steps, unit="D"),
+                    "step": steps,
+                    "forecast_units": _forecast_series(series, horizon, season_length),
+                }
+            )
+        )
+    columns = ["product_id", "week", "step", "forecast_units"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    result = pd.concat(frames, ignore_index=True)[columns]
+    result["week"] = result["week"].astype(weekly["week"].dtype)
+    return result
+
+
+def backtest(
+    weekly: pd.DataFrame,
+    product_ids: Sequence[str],
+    holdout_weeks: int,
+    season_length: int = 52,
+) -> pd.DataFrame:
+    """Scores the model and a seasonal-naive baseline on the last weeks of history.
+
+    Both are fitted on all but the last holdout_weeks weeks. The model forecasts at
+    list price without promotion, exactly as in production, so promotions and
+    price changes inside the holdout count as error for both methods. The
+    seasonal-naive forecast repeats the last training season.
+
+    Args:
+        weekly: Weekly sales, one row per product per week (see module contract).
+        product_ids: Products to score; duplicates are ignored.
+        holdout_weeks: Number of final weeks held out, at least 1.
+        season_length: Weeks per seasonal cycle.
+
+    Returns:
+        One row per product, in the order of product_ids, with columns product_id,
+        model_mae, naive_mae, model_wape, naive_wape, n_weeks and actual_units (the
+        holdout's total units, the weight used by summarize_backtest). WAPE is
+        sum|error| / sum(actual); with no actual units it is 0 for a perfect
+        forecast and inf otherwise.
+
+    Raises:
+        ValueError: On holdout_weeks < 1, an unknown product id, or a product whose
+            training part has fewer than two seasons of weeks, gaps or duplicates.
+    """
+    if holdout_weeks < 1:
+        raise ValueError(f"holdout_weeks must be at least 1 week, got {holdout_weeks}")
+    series_by_product = _select(weekly, product_ids, season_length, holdout_weeks)
+    rows = []
+    for product_id, series in series_by_product.items():
+        train = series.iloc[:-holdout_weeks]
+        actual = series["units"].to_numpy()[-holdout_weeks:]
+        model = _forecast_series(train, holdout_weeks, season_length)
+        last_season = train["units"].to_numpy()[-season_length:]
+        naive = np.resize(last_season, holdout_weeks)
+        model_error = np.abs(model - actual).sum()
+        naive_error = np.abs(naive - actual).sum()
+        rows.append(
+            {
+                "product_id": product_id,
+                "model_mae": model_error / holdout_weeks,
+                "naive_mae": naive_error / holdout_weeks,
+                "model_wape": _wape(model_error, actual.sum()),
+                "naive_wape": _wape(naive_error, actual.sum()),
+                "n_weeks": holdout_weeks,
+                "actual_units": float(actual.sum()),
+            }
+        )
+    columns = [
+        "product_id",
+        "model_mae",
+        "naive_mae",
+        "model_wape",
+        "naive_wape",
+        "n_weeks",
+        "actual_units",
+    ]
+    return pd.DataFrame(rows, columns=columns).astype({"n_weeks": "int64"})
+
+
+def summarize_backtest(accuracy: pd.DataFrame) -> dict:
+    """Pools per-product backtest accuracy into unit-weighted totals.
+
+    Args:
+        accuracy: Output of backtest.
+
+    Returns:
+        A dict with model_wape and naive_wape (total absolute error over total
+        actual units across all products), improvement (1 - model_wape /
+        naive_wape, NaN when the baseline is perfect) and n_products.
+
+    Raises:
+        ValueError: If accuracy is empty or lacks a backtest column.
+    """
+    needed = ["model_mae", "naive_mae", "n_weeks", "actual_units"]
+    missing = [column for column in needed if column not in accuracy.columns]
+    if missing:
+        raise ValueError(f"accuracy lacks backtest columns: {missing}")
+    if accuracy.empty:
+        raise ValueError("accuracy has no products to summarize")
+    total_actual = float(accuracy["actual_units"].sum())
+    model_wape = _wape(float((accuracy["model_mae"] * accuracy["n_weeks"]).sum()), total_actual)
+    naive_wape = _wape(float((accuracy["naive_mae"] * accuracy["n_weeks"]).sum()), total_actual)
+    improvement = 1.0 - model_wape / naive_wape if naive_wape > 0 else float("nan")
+    return {
+        "model_wape": model_wape,
+        "naive_wape": naive_wape,
+        "improvement": improvement,
+        "n_products": int(accuracy["product_id"].nunique()),
+    }
+
+
+def _check_columns(weekly: pd.DataFrame) -> None:
+    missing = [column for column in _REQUIRED_COLUMNS if column not in weekly.columns]
+    if missing:
+        raise ValueError(f"weekly sales frame lacks columns: {missing}")
+
+
+def _select(
+    weekly: pd.DataFrame,
+    product_ids: Sequence[str],
+    season_length: int,
+    holdout_weeks: int,
+) -> dict[str, pd.DataFrame]:
+    """Checks the request and returns each product's prepared series, in request order."""
+    _check_columns(weekly)
+    if isinstance(product_ids, str):
+        raise ValueError(f"product_ids must be a sequence of ids, not the string {product_ids!r}")
+    if season_length < 2:
+        raise ValueError(f"season_length must be at least 2 weeks, got {season_length}")
+    wanted = list(dict.fromkeys(product_ids))
+    wanted_set = set(wanted)
+    groups = {
+        key: frame for key, frame in weekly.groupby("product_id", sort=False) if key in wanted_set
+    }
+    unknown = [product_id for product_id in wanted if product_id not in groups]
+    if unknown:
+        raise ValueError(f"unknown product ids (not in the weekly sales frame): {unknown}")
+    min_weeks = _MIN_SEASONS * season_length + holdout_weeks
+    return {
+        product_id: _prepare(groups[product_id], product_id, season_length, min_weeks)
+        for product_id in wanted
+    }
+
+
+def _prepare(
+    frame: pd.DataFrame, product_id: str, season_length: int, min_weeks: int
+) -> pd.DataFrame:
+    """Sorts one product's weeks, checks them, and adds the model inputs."""
+    if len(frame) < min_weeks:
+        raise ValueError(
+            f"product {product_id!r} has {len(frame)} weeks; at least {min_weeks} are needed "
+            f"(two seasons of {season_length} weeks plus any holdout)"
+        )
+    series = frame.sort_values("week")
+    t = ((series["week"] - _EPOCH) / pd.Timedelta(days=7)).to_numpy()
+    if not np.allclose(np.diff(t), 1.0):
+        raise ValueError(f"product {product_id!r} has gaps or duplicate weeks")
+    return pd.DataFrame(
+        {
+            "week": series["week"].to_numpy(),
+            "t": t,
+            "units": series["units"].to_numpy(dtype=float),
+            "log_ratio": np.log(series["avg_price"] / series["list_price"]).to_numpy(),
+        }
+    )
+
+
+def _has_price_variation(log_ratio: pd.Series) -> bool:
+    return float(np.ptp(log_ratio.to_numpy())) > 1e-6
+
+
+def _fourier(t: np.ndarray, season_length: int) -> np.ndarray:
+    # Harmonics stop below the Nyquist frequency, where the sine column is all zero.
+    harmonics = np.arange(1, min(_MAX_HARMONICS, (season_length - 1) // 2) + 1)
+    angles = 2 * np.pi * np.outer(t, harmonics) / season_length
+    return np.hstack([np.sin(angles), np.cos(angles)])
+
+
+def _regress(series: pd.DataFrame, season_length: int, cov_type: str = "nonrobust"):
+    """OLS of log1p(units) on [constant, trend, log price ratio, Fourier terms]."""
+    t = series["t"].to_numpy()
+    trend = (t - t[-1]) / season_length
+    log_ratio = series["log_ratio"].to_numpy()
+    if not _has_price_variation(series["log_ratio"]):
+        # A price that never moved carries no price information; a zero column keeps
+        # the layout fixed and pinv gives it a zero coefficient.
+        log_ratio = np.zeros_like(log_ratio)
+    design = np.column_stack([np.ones_like(t), trend, log_ratio, _fourier(t, season_length)])
+    model = sm.OLS(np.log1p(series["units"].to_numpy()), design)
+    if cov_type == "HAC":
+        return model.fit(cov_type="HAC", cov_kwds={"maxlags": _HAC_LAGS})
+    return model.fit()
+
+
+def _forecast_series(series: pd.DataFrame, horizon: int, season_length: int) -> np.ndarray:
+    """Forecasts one product's units for the next `horizon` weeks at list price."""
+    if not series["units"].any():
+        return np.zeros(horizon)
+    fit = _regress(series, season_length)
+    price_coef = 0.0
+    if _has_price_variation(series["log_ratio"]):
+        # Same economic bounds as estimate_elasticity, so a noisy product cannot get a
+        # price response with the wrong sign.
+        price_coef = float(np.clip(fit.params[2], *ELASTICITY_BOUNDS))
+    seasonal_coef = fit.params[3:]
+    t = series["t"].to_numpy()
+    adjusted = (
+        np.log1p(series["units"].to_numpy())
+        - _fourier(t, season_length) @ seasonal_coef
+        - price_coef * series["log_ratio"].to_numpy()
+    )
+    with warnings.catch_warnings():
+        # Short noisy series often stop the smoothing-parameter search early; the
+        # parameters it returns are still usable.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        smoother = ExponentialSmoothing(
+            adjusted, trend="add", damped_trend=True, initialization_method="estimated"
+        ).fit()
+    future_t = t[-1] + np.arange(1, horizon + 1)
+    log_forecast = smoother.forecast(horizon) + _fourier(future_t, season_length) @ seasonal_coef
+    return np.clip(np.expm1(log_forecast), 0.0, None)
+
+
+def _wape(abs_error: float, actual: float) -> float:
+    if actual > 0:
+        return float(abs_error / actual)
+    return 0.0 if abs_error == 0 else float("inf")
