@@ -12,7 +12,7 @@ config = None  # config section forecast
 # %%
 from pathlib import Path
 
-from toolkit import forecasting, io, schemas
+from toolkit import forecasting, io, plots, schemas
 
 reports = str(Path(product["nb"]).parent)
 weekly = io.read(upstream["load_transform"]["data"], schemas.WeeklySales, report_dir=reports)
@@ -32,4 +32,4 @@ io.write(forecasts, product["data"], schemas.Forecasts)
 io.write(accuracy, product["accuracy"], schemas.ForecastAccuracy)
 
 # %%
-forecasting.plot_history_and_forecast(weekly, forecasts, ids[:4]);
+plots.history_and_forecast(weekly, forecasts, ids[:4]);

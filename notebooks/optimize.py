@@ -12,7 +12,7 @@ config = None  # config section optimize: weights and constraints
 # %%
 from pathlib import Path
 
-from toolkit import io, optimizer, schemas
+from toolkit import io, optimizer, plots, schemas
 
 reports = str(Path(product["nb"]).parent)
 forecasts = io.read(upstream["forecast"]["data"], schemas.Forecasts, report_dir=reports)
@@ -27,4 +27,4 @@ io.write_json(kpis, product["kpis"])
 kpis
 
 # %%
-optimizer.plot_impact_by_category(plan);
+plots.impact_by_category(plan);

@@ -448,3 +448,24 @@ def generate(
         catalog = make_catalog(market, n_products=n_products, seed=seed)
         result[market] = (catalog, make_sales(market, catalog, seed=seed))
     return result
+
+
+def write(
+    markets: Iterable[str] | None = None, n_products: int = 240, seed: int = 42,
+    root: str | None = None,
+) -> dict[str, dict]:
+    """Write each market's catalog and sales to ``<root>/raw/market=<CODE>/`` via contracts.
+
+    Returns:
+        Per market: the URLs written and the number of sales rows.
+    """
+    from toolkit import io, schemas, storage
+
+    written = {}
+    for market, (catalog, sales) in generate(markets, n_products=n_products, seed=seed).items():
+        catalog_url = storage.raw_url(market, "catalog", root)
+        sales_url = storage.raw_url(market, "sales", root)
+        io.write(catalog, catalog_url, schemas.Catalog)
+        io.write(sales, sales_url, schemas.RawSales)
+        written[market] = {"catalog": catalog_url, "sales": sales_url, "rows": len(sales)}
+    return written

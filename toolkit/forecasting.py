@@ -38,9 +38,9 @@ _REQUIRED_COLUMNS = ("product_id", "week", "units", "avg_price", "list_price")
 def estimate_elasticity(weekly: pd.DataFrame) -> pd.DataFrame:
     """Estimates each product's constant price elasticity of demand.
 
-    Per product, log1p(units) is regressed on log(avg_price / list_price), a linear
-    trend and yearly Fourier terms, so that seasonal peaks and slow drifts are not
-    mistaken for price response. Standard errors are Newey-West (HAC) because weekly
+    Per product, log1p(units) is regressed on log(avg_price / list_price), a
+    piecewise-linear trend and yearly Fourier terms, so that seasonal peaks and level
+    shifts are not mistaken for price response. Standard errors are Newey-West (HAC) because weekly
     residuals are autocorrelated.
 
     Args:
@@ -64,8 +64,8 @@ def estimate_elasticity(weekly: pd.DataFrame) -> pd.DataFrame:
         elasticity, se = np.nan, np.inf
         if series["units"].any() and _has_price_variation(series["log_ratio"]):
             fit = _regress(series, _ELASTICITY_SEASON_LENGTH, cov_type="HAC")
-            elasticity = float(np.clip(fit.params[2], *ELASTICITY_BOUNDS))
-            se = float(fit.bse[2])
+            elasticity = float(np.clip(fit.params["log_price_ratio"], *ELASTICITY_BOUNDS))
+            se = float(fit.bse["log_price_ratio"])
         rows.append({"product_id": product_id, "elasticity": elasticity, "elasticity_se": se})
     return pd.DataFrame(rows, columns=["product_id", "elasticity", "elasticity_se"])
 
@@ -282,23 +282,40 @@ def _has_price_variation(log_ratio: pd.Series) -> bool:
     return float(np.ptp(log_ratio.to_numpy())) > 1e-6
 
 
-def _fourier(t: np.ndarray, season_length: int) -> np.ndarray:
+def _fourier(t: np.ndarray, season_length: int) -> pd.DataFrame:
+    """Sine and cosine terms of the seasonal cycle at week index t."""
     # Harmonics stop below the Nyquist frequency, where the sine column is all zero.
     harmonics = np.arange(1, min(_MAX_HARMONICS, (season_length - 1) // 2) + 1)
     angles = 2 * np.pi * np.outer(t, harmonics) / season_length
-    return np.hstack([np.sin(angles), np.cos(angles)])
+    columns = [f"sin{k}" for k in harmonics] + [f"cos{k}" for k in harmonics]
+    return pd.DataFrame(np.hstack([np.sin(angles), np.cos(angles)]), columns=columns)
+
+
+def _trend(t: np.ndarray, season_length: int) -> pd.DataFrame:
+    """Piecewise-linear trend with a knot every season, counted back from the last week.
+
+    The bends absorb slow level shifts (a product taking off or declining) that would
+    otherwise be confused with price changes made around the same time. Knots a full
+    season apart cannot mimic the seasonal pattern, so the Fourier terms keep it.
+    """
+    knots = t[-1] - np.arange(season_length, len(t), season_length)
+    slope = (t - t[-1])[:, None]
+    hinges = np.maximum(t[:, None] - knots[None, :], 0.0)
+    columns = ["trend"] + [f"hinge{i}" for i in range(len(knots))]
+    return pd.DataFrame(np.hstack([slope, hinges]) / season_length, columns=columns)
 
 
 def _regress(series: pd.DataFrame, season_length: int, cov_type: str = "nonrobust"):
-    """OLS of log1p(units) on [constant, trend, log price ratio, Fourier terms]."""
+    """OLS of log1p(units) on a constant, trend, Fourier terms and the log price ratio.
+
+    The price column is left out when the price never moved, as it then carries no
+    price information and would only make the design singular.
+    """
     t = series["t"].to_numpy()
-    trend = (t - t[-1]) / season_length
-    log_ratio = series["log_ratio"].to_numpy()
-    if not _has_price_variation(series["log_ratio"]):
-        # A price that never moved carries no price information; a zero column keeps
-        # the layout fixed and pinv gives it a zero coefficient.
-        log_ratio = np.zeros_like(log_ratio)
-    design = np.column_stack([np.ones_like(t), trend, log_ratio, _fourier(t, season_length)])
+    design = pd.concat([_trend(t, season_length), _fourier(t, season_length)], axis=1)
+    design.insert(0, "const", 1.0)
+    if _has_price_variation(series["log_ratio"]):
+        design["log_price_ratio"] = series["log_ratio"].to_numpy()
     model = sm.OLS(np.log1p(series["units"].to_numpy()), design)
     if cov_type == "HAC":
         return model.fit(cov_type="HAC", cov_kwds={"maxlags": _HAC_LAGS})
@@ -309,28 +326,31 @@ def _forecast_series(series: pd.DataFrame, horizon: int, season_length: int) -> 
     """Forecasts one product's units for the next `horizon` weeks at list price."""
     if not series["units"].any():
         return np.zeros(horizon)
+    t = series["t"].to_numpy()
+    seasonal = _fourier(t, season_length)
     fit = _regress(series, season_length)
+    seasonal_coef = fit.params[seasonal.columns].to_numpy()
     price_coef = 0.0
-    if _has_price_variation(series["log_ratio"]):
+    if "log_price_ratio" in fit.params:
         # Same economic bounds as estimate_elasticity, so a noisy product cannot get a
         # price response with the wrong sign.
-        price_coef = float(np.clip(fit.params[2], *ELASTICITY_BOUNDS))
-    seasonal_coef = fit.params[3:]
-    t = series["t"].to_numpy()
+        price_coef = float(np.clip(fit.params["log_price_ratio"], *ELASTICITY_BOUNDS))
     adjusted = (
         np.log1p(series["units"].to_numpy())
-        - _fourier(t, season_length) @ seasonal_coef
+        - seasonal.to_numpy() @ seasonal_coef
         - price_coef * series["log_ratio"].to_numpy()
     )
     with warnings.catch_warnings():
         # Short noisy series often stop the smoothing-parameter search early; the
         # parameters it returns are still usable.
         warnings.simplefilter("ignore", ConvergenceWarning)
+        # SLSQP rather than the default L-BFGS-B: under CPU contention L-BFGS-B's
+        # multithreaded BLAS calls made fitting up to ten times slower.
         smoother = ExponentialSmoothing(
             adjusted, trend="add", damped_trend=True, initialization_method="estimated"
-        ).fit()
-    future_t = t[-1] + np.arange(1, horizon + 1)
-    log_forecast = smoother.forecast(horizon) + _fourier(future_t, season_length) @ seasonal_coef
+        ).fit(method="SLSQP")
+    future_seasonal = _fourier(t[-1] + np.arange(1, horizon + 1), season_length)
+    log_forecast = smoother.forecast(horizon) + future_seasonal.to_numpy() @ seasonal_coef
     return np.clip(np.expm1(log_forecast), 0.0, None)
 
 

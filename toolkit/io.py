@@ -47,9 +47,10 @@ class ValidationReport:
         lines = [f"{self.dataset} contract failed on {self.stage} of {self.url} ({self.n_rows} rows):"]
         for f in self.failures:
             examples = ", ".join(repr(v) for v in f["examples"])
+            about = f" ({f['description']})" if f.get("description") else ""
+            where = "rows" if f["column"] == "<rows>" else f"column {f['column']!r}"
             lines.append(
-                f"  - column {f['column']!r}, check {f['check']}: "
-                f"{f['count']} failing, e.g. {examples}"
+                f"  - {where}, check {f['check']}{about}: {f['count']} failing, e.g. {examples}"
             )
         return "\n".join(lines)
 
@@ -70,18 +71,48 @@ def _schema_of(contract) -> tuple[str, pa.DataFrameSchema]:
     return contract.__name__, contract.to_schema()
 
 
-def _summarise(exc: pa.errors.SchemaErrors, name: str, url: str, stage: str, n_rows: int):
-    cases = exc.failure_cases
+def _summarise(exc, schema: pa.DataFrameSchema, name: str, url: str, stage: str, n_rows: int):
+    cases = exc.failure_cases.copy()
+    descriptions = {**_STRUCTURE_CHECKS, **_check_descriptions(schema)}
+    checks = cases["check"].astype(str)
+    structural = checks.isin(list(_STRUCTURE_CHECKS))
+    frame_wide = (cases["schema_context"].astype(str) == "DataFrameSchema") & ~structural
+    # A missing or extra column is named by the failure case itself.
+    cases.loc[structural, "column"] = cases.loc[structural, "failure_case"].astype(str)
+    # A row-wise frame check fails once per column of each bad row: report the rows once.
+    cases.loc[frame_wide, "column"] = None
     failures = []
     for (column, check), group in cases.groupby(
-        [cases["column"].fillna("<frame>").astype(str), cases["check"].astype(str)],
-        sort=False,
+        [cases["column"].fillna("<rows>").astype(str), cases["check"].astype(str)], sort=False
     ):
-        examples = [_plain(v) for v in group["failure_case"].head(MAX_EXAMPLES)]
-        failures.append(
-            {"column": column, "check": check, "count": int(len(group)), "examples": examples}
-        )
+        if column == "<rows>":
+            rows = group["index"].dropna().drop_duplicates()
+            count = int(len(rows)) or 1
+            examples = [f"row {_plain(i)}" for i in rows.head(MAX_EXAMPLES)] or [
+                _plain(v) for v in group["failure_case"].head(MAX_EXAMPLES)
+            ]
+        else:
+            count = int(len(group))
+            examples = [_plain(v) for v in group["failure_case"].head(MAX_EXAMPLES)]
+        failure = {"column": column, "check": check, "count": count, "examples": examples}
+        if descriptions.get(check):
+            failure["description"] = descriptions[check]
+        failures.append(failure)
     return ValidationReport(name, url, stage, n_rows, failures)
+
+
+_STRUCTURE_CHECKS = {
+    "column_in_schema": "column not in the contract",
+    "column_in_dataframe": "column required by the contract is missing",
+    "column_ordered": "columns out of the contract's order",
+}
+
+
+def _check_descriptions(schema: pa.DataFrameSchema) -> dict[str, str]:
+    checks = list(schema.checks)
+    for column in schema.columns.values():
+        checks += list(column.checks)
+    return {c.name: c.description for c in checks if c.name and c.description}
 
 
 def _plain(value: Any) -> Any:
@@ -103,10 +134,12 @@ def validate(df: pd.DataFrame, contract, *, url: str = "<memory>", stage: str = 
             written to ``report_dir`` when given.
     """
     name, schema = _schema_of(contract)
+    if not df.index.is_unique:  # contracts are about rows, never about the index
+        df = df.reset_index(drop=True)
     try:
         return schema.validate(df, lazy=True)
     except pa.errors.SchemaErrors as exc:
-        report = _summarise(exc, name, url, stage, len(df))
+        report = _summarise(exc, schema, name, url, stage, len(df))
     report_url = None
     if report_dir:
         stem = posixpath.basename(url).rsplit(".", 1)[0] or name

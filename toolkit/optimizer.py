@@ -471,3 +471,18 @@ def _empty_frame(columns: list[str]) -> pd.DataFrame:
     """An empty frame with the given columns and sensible dtypes."""
     dtypes = {"product_id": "str", "category": "str", "changed": "bool"}
     return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "float64")) for c in columns})
+
+
+def candidates_from_forecasts(forecasts: pd.DataFrame) -> pd.DataFrame:
+    """One candidate per product: units over the whole horizon, elasticity, price and cost."""
+    return (
+        forecasts.groupby(["product_id", "category"], as_index=False)
+        .agg(
+            current_price=("current_price", "first"),
+            unit_cost=("unit_cost", "first"),
+            baseline_units=("forecast_units", "sum"),
+            elasticity=("elasticity", "first"),
+        )
+        .sort_values("product_id")
+        .reset_index(drop=True)
+    )
