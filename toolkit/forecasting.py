@@ -15,6 +15,7 @@ __all__ = [
     "ELASTICITY_BOUNDS",
     "backtest",
     "estimate_elasticity",
+    "forecast_frame",
     "forecast_products",
     "summarize_backtest",
 ]
@@ -23,8 +24,9 @@ ELASTICITY_BOUNDS = (-5.0, -0.1)
 
 # Elasticity is estimated against yearly seasonality; the weekly frame is weekly by contract.
 _ELASTICITY_SEASON_LENGTH = 52
-# Two full seasons are needed to tell seasonality apart from trend and level shifts.
-_MIN_SEASONS = 2
+# Fitting needs one and a half seasons of history: with less, seasonality cannot be told
+# apart from trend and the model loses to seasonal naive on synthetic data.
+_MIN_HISTORY_SEASONS = 1.5
 # Ten yearly harmonics follow a sharp holiday peak without chasing weekly noise.
 _MAX_HARMONICS = 10
 # Newey-West lags: residuals of weekly sales stay correlated for about a month.
@@ -32,7 +34,9 @@ _HAC_LAGS = 4
 # Fourier phases are anchored to a fixed Monday so that every product and every
 # backtest cut-off sees the same week-of-year pattern.
 _EPOCH = pd.Timestamp("1970-01-05")
-_REQUIRED_COLUMNS = ("product_id", "week", "units", "avg_price", "list_price")
+# The weekly sales frame has one row per product per consecutive Monday; these are
+# the columns this module reads.
+_REQUIRED_COLUMNS = ("product_id", "category", "week", "units", "avg_price", "list_price")
 
 
 def estimate_elasticity(weekly: pd.DataFrame) -> pd.DataFrame:
@@ -40,34 +44,53 @@ def estimate_elasticity(weekly: pd.DataFrame) -> pd.DataFrame:
 
     Per product, log1p(units) is regressed on log(avg_price / list_price), a
     piecewise-linear trend and yearly Fourier terms, so that seasonal peaks and level
-    shifts are not mistaken for price response. Standard errors are Newey-West (HAC) because weekly
-    residuals are autocorrelated.
+    shifts are not mistaken for price response. Standard errors are Newey-West (HAC)
+    because weekly residuals are autocorrelated.
 
     Args:
-        weekly: Weekly sales, one row per product per week (see module contract).
+        weekly: Weekly sales, one row per product per week.
 
     Returns:
         One row per product, sorted by product_id, with columns product_id,
         elasticity (clipped to ELASTICITY_BOUNDS) and elasticity_se (unclipped
-        standard error). A product whose price never moved or that never sold has
-        no identifiable elasticity: elasticity is NaN and elasticity_se is inf.
+        standard error). A product whose price never moved, or that never sold,
+        says nothing about its own price response: it gets the median elasticity of
+        its category (of all products if its category has none) and an
+        elasticity_se of inf to mark the value as borrowed.
 
     Raises:
-        ValueError: If a column is missing or a product has fewer than 104 weeks,
-            gaps or duplicate weeks.
+        ValueError: If a column is missing, a product has fewer than 78 weeks, gaps
+            or duplicate weeks, or no product at all has an estimable elasticity.
     """
     _check_columns(weekly)
     rows = []
     for product_id, frame in weekly.groupby("product_id", sort=True):
-        min_weeks = _MIN_SEASONS * _ELASTICITY_SEASON_LENGTH
-        series = _prepare(frame, product_id, _ELASTICITY_SEASON_LENGTH, min_weeks)
+        series = _prepare(frame, product_id, _ELASTICITY_SEASON_LENGTH)
         elasticity, se = np.nan, np.inf
         if series["units"].any() and _has_price_variation(series["log_ratio"]):
             fit = _regress(series, _ELASTICITY_SEASON_LENGTH, cov_type="HAC")
             elasticity = float(np.clip(fit.params["log_price_ratio"], *ELASTICITY_BOUNDS))
             se = float(fit.bse["log_price_ratio"])
-        rows.append({"product_id": product_id, "elasticity": elasticity, "elasticity_se": se})
-    return pd.DataFrame(rows, columns=["product_id", "elasticity", "elasticity_se"])
+        category = frame["category"].iloc[0]
+        rows.append(
+            {
+                "product_id": product_id,
+                "category": category,
+                "elasticity": elasticity,
+                "elasticity_se": se,
+            }
+        )
+    result = pd.DataFrame(rows, columns=["product_id", "category", "elasticity", "elasticity_se"])
+    estimated = result["elasticity"].notna()
+    if not estimated.any():
+        raise ValueError(
+            "no product has an estimable elasticity (prices never moved or nothing sold): "
+            f"{list(result['product_id'])}"
+        )
+    borrowed = result["category"].map(result[estimated].groupby("category")["elasticity"].median())
+    borrowed = borrowed.fillna(result.loc[estimated, "elasticity"].median())
+    result["elasticity"] = result["elasticity"].fillna(borrowed)
+    return result.drop(columns="category")
 
 
 def forecast_products(
@@ -82,11 +105,13 @@ def forecast_products(
     and log price ratio isolates the seasonal and price effects; the remaining
     price-adjusted, deseasonalised series is forecast with damped-trend exponential
     smoothing so that recent level shifts (e.g. a declining product) carry forward
-    while old history still shapes the seasonality. The seasonal profile is added
-    back at a price ratio of 1 and the result is transformed back to units.
+    while all history still shapes the seasonality. The seasonal profile is added
+    back at a price ratio of 1 and the result is transformed back with expm1, which
+    gives a median-like forecast (a little below the mean for slow sellers). A
+    product that never sold is forecast at zero.
 
     Args:
-        weekly: Weekly sales, one row per product per week (see module contract).
+        weekly: Weekly sales, one row per product per week.
         product_ids: Products to forecast; duplicates are ignored.
         horizon: Number of future weeks, at least 1.
         season_length: Weeks per seasonal cycle.
@@ -98,7 +123,7 @@ def forecast_products(
 
     Raises:
         ValueError: On horizon < 1, an unknown product id, or a product with fewer
-            than two seasons of weeks, gaps or duplicate weeks.
+            than 1.5 seasons of weeks, gaps or duplicate weeks.
     """
     if horizon < 1:
         raise ValueError(f"horizon must be at least 1 week, got {horizon}")
@@ -117,10 +142,16 @@ def forecast_products(
                 }
             )
         )
-    columns = ["product_id", "week", "step", "forecast_units"]
     if not frames:
-        return pd.DataFrame(columns=columns)
-    result = pd.concat(frames, ignore_index=True)[columns]
+        return pd.DataFrame(
+            {
+                "product_id": pd.Series(dtype="str"),
+                "week": pd.Series(dtype=weekly["week"].dtype),
+                "step": pd.Series(dtype="int64"),
+                "forecast_units": pd.Series(dtype="float64"),
+            }
+        )
+    result = pd.concat(frames, ignore_index=True)
     result["week"] = result["week"].astype(weekly["week"].dtype)
     return result
 
@@ -139,21 +170,19 @@ def backtest(
     seasonal-naive forecast repeats the last training season.
 
     Args:
-        weekly: Weekly sales, one row per product per week (see module contract).
+        weekly: Weekly sales, one row per product per week.
         product_ids: Products to score; duplicates are ignored.
         holdout_weeks: Number of final weeks held out, at least 1.
         season_length: Weeks per seasonal cycle.
 
     Returns:
         One row per product, in the order of product_ids, with columns product_id,
-        model_mae, naive_mae, model_wape, naive_wape, n_weeks and actual_units (the
-        holdout's total units, the weight used by summarize_backtest). WAPE is
-        sum|error| / sum(actual); with no actual units it is 0 for a perfect
-        forecast and inf otherwise.
+        model_mae, naive_mae, model_wape, naive_wape and n_weeks. WAPE is
+        sum|error| / sum(actual), NaN when nothing sold in the holdout.
 
     Raises:
         ValueError: On holdout_weeks < 1, an unknown product id, or a product whose
-            training part has fewer than two seasons of weeks, gaps or duplicates.
+            training part has fewer than 1.5 seasons of weeks, gaps or duplicates.
     """
     if holdout_weeks < 1:
         raise ValueError(f"holdout_weeks must be at least 1 week, got {holdout_weeks}")
@@ -164,6 +193,7 @@ def backtest(
         actual = series["units"].to_numpy()[-holdout_weeks:]
         model = _forecast_series(train, holdout_weeks, season_length)
         last_season = train["units"].to_numpy()[-season_length:]
+        # np.resize repeats the last season when the holdout is longer than one.
         naive = np.resize(last_season, holdout_weeks)
         model_error = np.abs(model - actual).sum()
         naive_error = np.abs(naive - actual).sum()
@@ -175,50 +205,51 @@ def backtest(
                 "model_wape": _wape(model_error, actual.sum()),
                 "naive_wape": _wape(naive_error, actual.sum()),
                 "n_weeks": holdout_weeks,
-                "actual_units": float(actual.sum()),
             }
         )
-    columns = [
-        "product_id",
-        "model_mae",
-        "naive_mae",
-        "model_wape",
-        "naive_wape",
-        "n_weeks",
-        "actual_units",
-    ]
+    columns = ["product_id", "model_mae", "naive_mae", "model_wape", "naive_wape", "n_weeks"]
     return pd.DataFrame(rows, columns=columns).astype({"n_weeks": "int64"})
 
 
 def summarize_backtest(accuracy: pd.DataFrame) -> dict:
     """Pools per-product backtest accuracy into unit-weighted totals.
 
+    Each product's holdout units are recovered as mae * n_weeks / wape (from either
+    method's WAPE), so the pooled WAPE is total absolute error over total units, as
+    if all products were one series.
+
     Args:
         accuracy: Output of backtest.
 
     Returns:
-        A dict with model_wape and naive_wape (total absolute error over total
-        actual units across all products), improvement (1 - model_wape /
-        naive_wape, NaN when the baseline is perfect) and n_products.
+        A dict with model_wape and naive_wape (NaN if nothing sold), improvement
+        (1 - model_wape / naive_wape, NaN when the baseline is perfect) and
+        n_products.
 
     Raises:
         ValueError: If accuracy is empty or lacks a backtest column.
     """
-    needed = ["model_mae", "naive_mae", "n_weeks", "actual_units"]
+    needed = ["product_id", "model_mae", "naive_mae", "model_wape", "naive_wape", "n_weeks"]
     missing = [column for column in needed if column not in accuracy.columns]
     if missing:
         raise ValueError(f"accuracy lacks backtest columns: {missing}")
     if accuracy.empty:
         raise ValueError("accuracy has no products to summarize")
-    total_actual = float(accuracy["actual_units"].sum())
-    model_wape = _wape(float((accuracy["model_mae"] * accuracy["n_weeks"]).sum()), total_actual)
-    naive_wape = _wape(float((accuracy["naive_mae"] * accuracy["n_weeks"]).sum()), total_actual)
-    improvement = 1.0 - model_wape / naive_wape if naive_wape > 0 else float("nan")
+    model_error = accuracy["model_mae"] * accuracy["n_weeks"]
+    naive_error = accuracy["naive_mae"] * accuracy["n_weeks"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        units = model_error / accuracy["model_wape"]
+        units = units.where(np.isfinite(units), naive_error / accuracy["naive_wape"])
+    # What is still unknown sold nothing (NaN WAPE) or was forecast perfectly by both
+    # methods; either way it adds no error.
+    total_units = float(units.where(np.isfinite(units), 0.0).sum())
+    model_wape = _wape(float(model_error.sum()), total_units)
+    naive_wape = _wape(float(naive_error.sum()), total_units)
     return {
         "model_wape": model_wape,
         "naive_wape": naive_wape,
-        "improvement": improvement,
-        "n_products": int(accuracy["product_id"].nunique()),
+        "improvement": 1.0 - model_wape / naive_wape if naive_wape > 0 else float("nan"),
+        "n_products": len(accuracy),
     }
 
 
@@ -248,21 +279,22 @@ def _select(
     unknown = [product_id for product_id in wanted if product_id not in groups]
     if unknown:
         raise ValueError(f"unknown product ids (not in the weekly sales frame): {unknown}")
-    min_weeks = _MIN_SEASONS * season_length + holdout_weeks
     return {
-        product_id: _prepare(groups[product_id], product_id, season_length, min_weeks)
+        product_id: _prepare(groups[product_id], product_id, season_length, holdout_weeks)
         for product_id in wanted
     }
 
 
 def _prepare(
-    frame: pd.DataFrame, product_id: str, season_length: int, min_weeks: int
+    frame: pd.DataFrame, product_id: str, season_length: int, holdout_weeks: int = 0
 ) -> pd.DataFrame:
     """Sorts one product's weeks, checks them, and adds the model inputs."""
+    min_weeks = int(np.ceil(_MIN_HISTORY_SEASONS * season_length)) + holdout_weeks
     if len(frame) < min_weeks:
+        holdout = f" plus the {holdout_weeks}-week holdout" if holdout_weeks else ""
         raise ValueError(
-            f"product {product_id!r} has {len(frame)} weeks; at least {min_weeks} are needed "
-            f"(two seasons of {season_length} weeks plus any holdout)"
+            f"product {product_id!r} has {len(frame)} weeks, too few for season length "
+            f"{season_length}: at least {min_weeks} are needed (1.5 seasons to fit{holdout})"
         )
     series = frame.sort_values("week")
     t = ((series["week"] - _EPOCH) / pd.Timedelta(days=7)).to_numpy()
@@ -355,6 +387,25 @@ def _forecast_series(series: pd.DataFrame, horizon: int, season_length: int) -> 
 
 
 def _wape(abs_error: float, actual: float) -> float:
-    if actual > 0:
-        return float(abs_error / actual)
-    return 0.0 if abs_error == 0 else float("inf")
+    return float(abs_error / actual) if actual > 0 else float("nan")
+
+
+def forecast_frame(
+    weekly: pd.DataFrame, product_ids: Sequence[str], horizon: int, season_length: int = 52
+) -> pd.DataFrame:
+    """Forecasts joined with what the optimizer needs: elasticity, current price and cost.
+
+    Returns:
+        The ``Forecasts`` contract's columns, one row per product per future week.
+    """
+    ids = list(dict.fromkeys(product_ids))
+    selected = weekly[weekly["product_id"].isin(ids)]
+    forecasts = forecast_products(selected, ids, horizon, season_length)
+    elasticities = estimate_elasticity(selected)[["product_id", "elasticity"]]
+    products = selected.drop_duplicates("product_id")[
+        ["product_id", "category", "list_price", "unit_cost"]
+    ].rename(columns={"list_price": "current_price"})
+    frame = forecasts.merge(products, on="product_id").merge(elasticities, on="product_id")
+    columns = ["product_id", "category", "week", "step", "forecast_units", "elasticity",
+               "current_price", "unit_cost"]
+    return frame[columns]
