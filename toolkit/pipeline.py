@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ploomber.clients.storage.abc import AbstractStorageClient
 
@@ -28,7 +28,6 @@ __all__ = [
 ]
 
 PROJECT_DIR = config_mod.PROJECT_DIR
-BUILD_DIR = Path(".toolkit") / "build"  # Ploomber's local workspace, relative to the project
 STEPS = ("load_transform", "identify_underperformers", "forecast", "optimize", "format_output")
 
 # Which config sections each step depends on: a change elsewhere does not re-run it.
@@ -96,17 +95,43 @@ class StorageClient(AbstractStorageClient):
     it to the storage root after a task succeeds and fetches it back on another machine.
     """
 
-    def __init__(self, parent: str | None = None, project_dir: Path = PROJECT_DIR):
+    def __init__(self, parent: str | None = None):
         self._parent = parent or storage.join(storage.root(), "builds")
-        self._path_to_project_root = Path(project_dir).resolve()
+        self._pending_metadata: dict[Path, Path] = {}
+
+    def upload(self, local):
+        """Data first, Ploomber's metadata sidecar (its completion marker) last.
+
+        Ploomber uploads the sidecar before the file, and on failure uploads the partial
+        notebook over the product path; neither may make a half-done step look done.
+        """
+        path = Path(local)
+        if path.name.startswith(".") and path.name.endswith(".metadata"):
+            self._pending_metadata[path.with_name(path.name[1 : -len(".metadata")])] = path
+            return
+        if path.is_dir():
+            super().upload(local)
+            return
+        metadata = self._pending_metadata.pop(path, None)
+        if metadata is None and path.suffix == ".ipynb":
+            failed = self._remote_path(path.with_name(f"{path.stem}.failed.ipynb"))
+            storage.upload_file(path, failed)
+            return
+        self._upload(path)
+        if metadata is not None:
+            self._upload(metadata)
 
     @property
     def parent(self):
         return self._parent
 
     def _remote_path(self, local):
-        relative = Path(local).resolve().relative_to(self._path_to_project_root / BUILD_DIR)
-        return storage.join(self._parent, *PurePosixPath(*relative.parts).parts)
+        # Products live under <build_dir>/market=..., wherever build_dir is.
+        parts = Path(local).resolve().parts
+        start = next((i for i, p in enumerate(parts) if p.startswith("market=")), None)
+        if start is None:
+            raise ValueError(f"product {local} is not under a market=<CODE> folder")
+        return storage.join(self._parent, *parts[start:])
 
     def download(self, local, destination=None):
         remote = self._remote_path(local)
@@ -154,8 +179,15 @@ def _env_with(overrides: dict | None, project_dir: Path) -> dict:
         (Path(project_dir) / "env.yaml").read_text(), "env.yaml"
     ) or {}
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    build_dir = os.environ.get("TOOLKIT_BUILD_DIR") or str(data.get("build_dir", ""))
+    data["build_dir"] = build_dir.replace("{{here}}", str(project_dir))
     return data
 
 
-def keep_failed_notebook(dag=None, report=None):
-    """DAG ``on_failure`` hook: nothing to add; failed products are handled per task."""
+
+def set_aside_failed_notebook(task) -> None:
+    """Task ``on_failure`` hook: rename the partial notebook so no product of a failed step
+    exists. It stays beside the outputs, as ``<step>.failed.ipynb``, for debugging."""
+    nb = Path(str(task.product["nb"]))
+    if nb.exists():
+        nb.replace(nb.with_name(f"{nb.stem}.failed.ipynb"))

@@ -60,7 +60,8 @@ def build(resolved: config_mod.ResolvedConfig, configs=(), patches=(), force=Fal
         report = dag.build(force=force)
     except DAGBuildError as exc:
         raise StepFailed(_explain_failure(dag, exc)) from None
-    ran = {row["name"]: bool(row["Ran?"]) for row in report.to_dict()} if report else {}
+    table = report.to_dict() if report else {"name": [], "Ran?": []}
+    ran = {name: bool(flag) for name, flag in zip(table["name"], table["Ran?"], strict=True)}
     return BuildResult(resolved, ran, outputs(dag))
 
 

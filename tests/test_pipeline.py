@@ -1,0 +1,156 @@
+"""The pipeline end to end, through both entry points, on small synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from toolkit import demo_data, io, schemas, storage
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+N_PRODUCTS = 60
+
+
+def run(args, env, cwd=PROJECT_DIR, check=True):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def environment(root, build_dir):
+    env = dict(os.environ, TOOLKIT_ROOT=str(root), TOOLKIT_BUILD_DIR=str(build_dir))
+    env["PLOOMBER_STATS_ENABLED"] = "false"
+    return env
+
+
+def products(root, market="NO", period="2026-11"):
+    return storage.join(str(root), "builds", f"market={market}", f"period={period}", "category=all")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """`ploomber build --env--country NO` and `toolkit run --patch country=NO`, each in its
+    own root and workspace, on the same demo data."""
+    out = {}
+    for entry in ("ploomber", "toolkit"):
+        base = tmp_path_factory.mktemp(entry)
+        root, build_dir = base / "store", base / "build"
+        demo_data.write(["NO"], n_products=N_PRODUCTS, root=str(root))
+        env = environment(root, build_dir)
+        if entry == "ploomber":
+            args = [str(BIN / "ploomber"), "build", "--env--country", "NO",
+                    "--env--build_dir", str(build_dir)]
+        else:
+            args = [str(BIN / "toolkit"), "run", "--patch", "country=NO"]
+        out[entry] = (root, run(args, env))
+    return out
+
+
+def test_ploomber_build_writes_every_product_under_the_root(built):
+    root, _ = built["ploomber"]
+    base = products(root)
+    for step, names in {
+        "load_transform": ["weekly_sales.parquet", "catalog.parquet", "load_transform.ipynb"],
+        "identify_underperformers": ["underperformers.parquet"],
+        "forecast": ["forecasts.parquet", "accuracy.parquet", "forecast.ipynb"],
+        "optimize": ["plan.parquet", "kpis.json"],
+        "format_output": ["recommendations.csv", "recommendations.json", "delivery.json"],
+    }.items():
+        for name in names:
+            assert storage.exists(storage.join(base, step, name)), f"{step}/{name}"
+
+
+def test_outputs_hold_their_contracts_and_the_norwegian_config(built):
+    root, _ = built["ploomber"]
+    base = products(root)
+    plan = io.read(storage.join(base, "optimize", "plan.parquet"), schemas.Plan)
+    constraints = {"max_discount": 0.3, "min_margin": 0.15, "markdown_budget": 400000,
+                   "max_changes": 35}  # defaults < markets/NO.yaml < periods/2026-11.yaml
+    io.validate(plan, schemas.plan_contract(constraints))
+    assert plan["changed"].any()
+    export = pd.read_csv(storage.join(base, "format_output", "recommendations.csv"))
+    assert list(export.columns) == list(schemas.Export.to_schema().columns)
+    assert set(export["market"]) == {"NO"} and set(export["currency"]) == {"NOK"}
+    records = json.loads(Path(storage.join(base, "format_output", "recommendations.json")).read_text())
+    assert [r["product_id"] for r in records] == export["product_id"].tolist()
+
+
+def test_forecast_beats_seasonal_naive(built):
+    from toolkit import forecasting
+
+    root, _ = built["ploomber"]
+    accuracy = io.read(storage.join(products(root), "forecast", "accuracy.parquet"),
+                       schemas.ForecastAccuracy)
+    summary = forecasting.summarize_backtest(accuracy)
+    assert summary["model_wape"] < summary["naive_wape"]
+
+
+def test_underperformers_find_the_declining_products(built):
+    root, _ = built["ploomber"]
+    flagged = io.read(storage.join(products(root), "identify_underperformers",
+                                   "underperformers.parquet"), schemas.Underperformers)
+    declining = demo_data.declining_products("NO", n_products=N_PRODUCTS)
+    found = declining & set(flagged["product_id"])
+    assert len(found) >= len(declining) // 2
+
+
+def test_both_entry_points_agree(built):
+    (p_root, _), (t_root, t_result) = built["ploomber"], built["toolkit"]
+    for step, name in [("load_transform", "weekly_sales.parquet"), ("forecast", "forecasts.parquet"),
+                       ("optimize", "plan.parquet")]:
+        a = pd.read_parquet(storage.join(products(p_root), step, name))
+        b = pd.read_parquet(storage.join(products(t_root), step, name))
+        pd.testing.assert_frame_equal(a, b)
+    a = pd.read_csv(storage.join(products(p_root), "format_output", "recommendations.csv"))
+    b = pd.read_csv(storage.join(products(t_root), "format_output", "recommendations.csv"))
+    pd.testing.assert_frame_equal(a, b)
+    assert "format_output" in t_result.stdout
+
+
+def test_summary_reports_changes_error_and_locations(built):
+    root, _ = built["toolkit"]
+    env = environment(root, root.parent / "build")
+    out = run([str(BIN / "toolkit"), "summary", "--patch", "country=NO"], env).stdout
+    assert "Recommendations for NO 2026-11" in out
+    assert "seasonal naive" in out
+    assert str(root) in out
+
+
+def test_config_edit_reruns_exactly_the_affected_steps(built, tmp_path):
+    """A weight patch re-runs optimize and format_output; the rest stays up to date."""
+    root, _ = built["toolkit"]
+    env = environment(root, root.parent / "build")
+    out = run([str(BIN / "toolkit"), "run", "--patch", "country=NO",
+               "--patch", "optimize.weights.margin=0.9"], env).stdout
+    assert "optimize (ran)" in out and "format_output (ran)" in out
+    assert "load_transform (up to date)" in out and "forecast (up to date)" in out
+
+
+def test_broken_raw_file_stops_load_transform_with_a_report(tmp_path):
+    root, build_dir = tmp_path / "store", tmp_path / "build"
+    demo_data.write(["US"], n_products=20, root=str(root))
+    sales_url = storage.raw_url("US", "sales", str(root))
+    sales = pd.read_parquet(sales_url)
+    sales["units"] = sales["units"].astype(str)
+    sales.loc[7, "units"] = "seven"
+    sales.to_parquet(sales_url)
+
+    result = run([str(BIN / "toolkit"), "run"], environment(root, build_dir), check=False)
+    assert result.returncode == 1
+    assert "step 'load_transform' failed" in result.stderr
+    assert "column 'units'" in result.stderr and "'seven'" in result.stderr
+    step_dir = build_dir / "market=US/period=2026-11/category=all/load_transform"
+    report = json.loads((step_dir / "sales.validation.json").read_text())
+    assert report["failures"][0]["column"] == "units"
+    for name in ["weekly_sales.parquet", "catalog.parquet", "load_transform.ipynb"]:
+        assert not (step_dir / name).exists(), name
+        assert not storage.exists(storage.join(products(root, "US"), "load_transform", name))
+    assert (step_dir / "load_transform.failed.ipynb").exists()
