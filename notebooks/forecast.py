@@ -16,15 +16,18 @@ from toolkit import forecasting, io, plots, schemas
 
 reports = str(Path(product["nb"]).parent)
 weekly = io.read(upstream["load_transform"]["data"], schemas.WeeklySales, report_dir=reports)
-flagged = io.read(upstream["identify_underperformers"]["data"], schemas.Underperformers,
-                  report_dir=reports)
+flagged = io.read(
+    upstream["identify_underperformers"]["data"], schemas.Underperformers, report_dir=reports
+)
 ids = list(flagged["product_id"])
 
 # %%
 accuracy = forecasting.backtest(weekly, ids, config["backtest_weeks"], config["season_length"])
 summary = forecasting.summarize_backtest(accuracy)
-print(f"backtest WAPE: model {summary['model_wape']:.1%} vs seasonal naive "
-      f"{summary['naive_wape']:.1%} over {summary['n_products']} products")
+print(
+    f"backtest WAPE: model {summary['model_wape']:.1%} vs seasonal naive "
+    f"{summary['naive_wape']:.1%} over {summary['n_products']} products"
+)
 
 # %%
 forecasts = forecasting.forecast_frame(weekly, ids, config["horizon"], config["season_length"])
@@ -32,4 +35,4 @@ io.write(forecasts, product["data"], schemas.Forecasts)
 io.write(accuracy, product["accuracy"], schemas.ForecastAccuracy)
 
 # %%
-plots.history_and_forecast(weekly, forecasts, ids[:4]);
+plots.history_and_forecast(weekly, forecasts, ids[:4])

@@ -22,8 +22,7 @@ catalog = io.read(upstream["load_transform"]["catalog"], schemas.Catalog, report
 
 # %%
 export = delivery.to_export(plan, catalog, config["run_id"], run["market"], run["period"])
-export = io.validate(export, schemas.Export, url=product["csv"], stage="write",
-                     report_dir=reports)
+export = io.validate(export, schemas.Export, url=product["csv"], stage="write", report_dir=reports)
 Path(product["csv"]).write_text(export.to_csv(index=False))
 records = json.loads(export.to_json(orient="records"))
 Path(product["json"]).write_text(json.dumps(records, indent=2))
@@ -31,8 +30,13 @@ print(f"{len(export)} recommendations")
 
 # %%
 if config["endpoint"]:
-    receipt = delivery.post_json(config["endpoint"], records, config["run_id"],
-                                 retries=config["retries"], timeout=config["timeout_seconds"])
+    receipt = delivery.post_json(
+        config["endpoint"],
+        records,
+        config["run_id"],
+        retries=config["retries"],
+        timeout=config["timeout_seconds"],
+    )
 else:
     receipt = {"endpoint": None, "status": "skipped: output.endpoint not set"}
 Path(product["delivery"]).write_text(json.dumps(receipt, indent=2))

@@ -27,8 +27,7 @@ flagged = underperformers.score_products(
     max_products=config["max_products"],
 )
 print(f"{len(flagged)} of {weekly['product_id'].nunique()} products underperform")
-flagged.groupby("category").size().plot.barh(title="Underperformers by category", figsize=(6, 3));
-
+flagged.groupby("category").size().plot.barh(title="Underperformers by category", figsize=(6, 3))
 # %%
 io.write(flagged, product["data"], schemas.Underperformers)
 flagged.head(10)

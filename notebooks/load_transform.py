@@ -17,12 +17,16 @@ from toolkit import io, schemas, storage, transform
 reports = str(Path(product["nb"]).parent)
 
 # %%
-sales = io.read(storage.raw_url(run["market"], "sales", run["root"]), schemas.RawSales,
-                report_dir=reports)
-catalog = io.read(storage.raw_url(run["market"], "catalog", run["root"]), schemas.Catalog,
-                  report_dir=reports)
-print(f"{len(sales):,} daily rows, {sales['product_id'].nunique()} products, "
-      f"{sales['date'].min():%Y-%m-%d} to {sales['date'].max():%Y-%m-%d}")
+sales = io.read(
+    storage.raw_url(run["market"], "sales", run["root"]), schemas.RawSales, report_dir=reports
+)
+catalog = io.read(
+    storage.raw_url(run["market"], "catalog", run["root"]), schemas.Catalog, report_dir=reports
+)
+print(
+    f"{len(sales):,} daily rows, {sales['product_id'].nunique()} products, "
+    f"{sales['date'].min():%Y-%m-%d} to {sales['date'].max():%Y-%m-%d}"
+)
 
 # %%
 weekly = transform.weekly_sales(
@@ -33,10 +37,10 @@ weekly = transform.weekly_sales(
     min_weeks_with_sales=config["min_weeks_with_sales"],
     category=run["category"],
 )
-weekly.groupby("week")["units"].sum().plot(title="Weekly units, all products", figsize=(9, 3));
-
+weekly.groupby("week")["units"].sum().plot(title="Weekly units, all products", figsize=(9, 3))
 # %%
 io.write(weekly, product["data"], schemas.WeeklySales)
-io.write(catalog[catalog["product_id"].isin(weekly["product_id"])], product["catalog"],
-         schemas.Catalog)
+io.write(
+    catalog[catalog["product_id"].isin(weekly["product_id"])], product["catalog"], schemas.Catalog
+)
 print(f"{weekly['product_id'].nunique()} products x {weekly['week'].nunique()} weeks")

@@ -27,4 +27,4 @@ io.write_json(kpis, product["kpis"])
 kpis
 
 # %%
-plots.impact_by_category(plan);
+plots.impact_by_category(plan)

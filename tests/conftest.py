@@ -63,9 +63,7 @@ def s3_root(s3_server, monkeypatch, request) -> str:
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     bucket = "toolkit-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
     bucket = "".join(c for c in bucket if c.isalnum() or c == "-")
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(
-        Bucket=bucket
-    )
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
     root = f"s3://{bucket}/prefix"
     monkeypatch.setenv("TOOLKIT_ROOT", root)
     import fsspec

@@ -46,8 +46,14 @@ def built(tmp_path_factory):
         demo_data.write(["NO"], n_products=N_PRODUCTS, root=str(root))
         env = environment(root, build_dir)
         if entry == "ploomber":
-            args = [str(BIN / "ploomber"), "build", "--env--country", "NO",
-                    "--env--build_dir", str(build_dir)]
+            args = [
+                str(BIN / "ploomber"),
+                "build",
+                "--env--country",
+                "NO",
+                "--env--build_dir",
+                str(build_dir),
+            ]
         else:
             args = [str(BIN / "toolkit"), "run", "--patch", "country=NO"]
         out[entry] = (root, run(args, env))
@@ -72,14 +78,20 @@ def test_outputs_hold_their_contracts_and_the_norwegian_config(built):
     root, _ = built["ploomber"]
     base = products(root)
     plan = io.read(storage.join(base, "optimize", "plan.parquet"), schemas.Plan)
-    constraints = {"max_discount": 0.3, "min_margin": 0.15, "markdown_budget": 400000,
-                   "max_changes": 35}  # defaults < markets/NO.yaml < periods/2026-11.yaml
+    constraints = {
+        "max_discount": 0.3,
+        "min_margin": 0.15,
+        "markdown_budget": 400000,
+        "max_changes": 35,
+    }  # defaults < markets/NO.yaml < periods/2026-11.yaml
     io.validate(plan, schemas.plan_contract(constraints))
     assert plan["changed"].any()
     export = pd.read_csv(storage.join(base, "format_output", "recommendations.csv"))
     assert list(export.columns) == list(schemas.Export.to_schema().columns)
     assert set(export["market"]) == {"NO"} and set(export["currency"]) == {"NOK"}
-    records = json.loads(Path(storage.join(base, "format_output", "recommendations.json")).read_text())
+    records = json.loads(
+        Path(storage.join(base, "format_output", "recommendations.json")).read_text()
+    )
     assert [r["product_id"] for r in records] == export["product_id"].tolist()
 
 
@@ -87,16 +99,19 @@ def test_forecast_beats_seasonal_naive(built):
     from toolkit import forecasting
 
     root, _ = built["ploomber"]
-    accuracy = io.read(storage.join(products(root), "forecast", "accuracy.parquet"),
-                       schemas.ForecastAccuracy)
+    accuracy = io.read(
+        storage.join(products(root), "forecast", "accuracy.parquet"), schemas.ForecastAccuracy
+    )
     summary = forecasting.summarize_backtest(accuracy)
     assert summary["model_wape"] < summary["naive_wape"]
 
 
 def test_underperformers_find_the_declining_products(built):
     root, _ = built["ploomber"]
-    flagged = io.read(storage.join(products(root), "identify_underperformers",
-                                   "underperformers.parquet"), schemas.Underperformers)
+    flagged = io.read(
+        storage.join(products(root), "identify_underperformers", "underperformers.parquet"),
+        schemas.Underperformers,
+    )
     declining = demo_data.declining_products("NO", n_products=N_PRODUCTS)
     found = declining & set(flagged["product_id"])
     assert len(found) >= len(declining) // 2
@@ -104,8 +119,11 @@ def test_underperformers_find_the_declining_products(built):
 
 def test_both_entry_points_agree(built):
     (p_root, _), (t_root, t_result) = built["ploomber"], built["toolkit"]
-    for step, name in [("load_transform", "weekly_sales.parquet"), ("forecast", "forecasts.parquet"),
-                       ("optimize", "plan.parquet")]:
+    for step, name in [
+        ("load_transform", "weekly_sales.parquet"),
+        ("forecast", "forecasts.parquet"),
+        ("optimize", "plan.parquet"),
+    ]:
         a = pd.read_parquet(storage.join(products(p_root), step, name))
         b = pd.read_parquet(storage.join(products(t_root), step, name))
         pd.testing.assert_frame_equal(a, b)
@@ -128,8 +146,17 @@ def test_config_edit_reruns_exactly_the_affected_steps(built, tmp_path):
     """A weight patch re-runs optimize and format_output; the rest stays up to date."""
     root, _ = built["toolkit"]
     env = environment(root, root.parent / "build")
-    out = run([str(BIN / "toolkit"), "run", "--patch", "country=NO",
-               "--patch", "optimize.weights.margin=0.9"], env).stdout
+    out = run(
+        [
+            str(BIN / "toolkit"),
+            "run",
+            "--patch",
+            "country=NO",
+            "--patch",
+            "optimize.weights.margin=0.9",
+        ],
+        env,
+    ).stdout
     assert "optimize (ran)" in out and "format_output (ran)" in out
     assert "load_transform (up to date)" in out and "forecast (up to date)" in out
 

@@ -82,29 +82,210 @@ def demo_data_command(markets, n_products, seed) -> None:
 @main.command("run")
 @_patch_option
 @_config_option
-@click.option("--force", is_flag=True, help="Re-execute every step, even if up to date.")
-def run_command(patches, configs, force) -> None:
-    """Run the pipeline for the config these layers and patches give."""
+@click.option("--force", is_flag=True, help="Re-execute every step, ignoring the cache.")
+@click.option("--run-id", default=None, hidden=True, help="Use this id (the app picks one).")
+@click.option("--executor", type=click.Choice(["serial", "dask"]), default=None,
+              help="Where steps run (default: config execution.executor).")
+@click.option("--workers", type=int, default=None, help="Dask LocalCluster workers.")
+@click.option("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786.")
+def run_command(patches, configs, force, run_id, executor, workers, scheduler) -> None:
+    """Run the pipeline: prints the run id, progress per step and where outputs are."""
     from toolkit import runner
 
     resolved = _resolve_or_exit(configs, patches)
+    executor, options = _executor_choice(resolved, executor, workers, scheduler)
     try:
-        result = runner.build(resolved, configs=configs, patches=patches, force=force)
-    except runner.StepFailed as exc:
+        record = runner.start(resolved, configs, patches, force=force, run_id=run_id,
+                              executor=executor, executor_options=options, progress=_progress)
+    except runner.RunFailed as exc:
         click.echo(f"\n{exc}", err=True)
         sys.exit(1)
-    click.echo(runner.describe(result))
+    except storage_errors() as exc:
+        click.echo(f"run failed: {exc}", err=True)
+        sys.exit(1)
+    click.echo("")
+    click.echo(runner.summary(record))
+
+
+def _executor_choice(resolved, executor, workers, scheduler):
+    execution = resolved.config.execution
+    name = executor or getattr(execution, "executor", "serial")
+    options = {}
+    if name == "dask":
+        options = {"workers": workers or getattr(execution, "workers", 2),
+                   "scheduler": scheduler or getattr(execution, "scheduler", None),
+                   "retries": getattr(execution, "retries", 2)}
+    return name, options
+
+
+def storage_errors():
+    from toolkit.storage import StorageError
+
+    return (StorageError,)
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=False)
+
+
+@main.command("resume")
+@click.argument("run_id")
+def resume_command(run_id) -> None:
+    """Finish an interrupted or failed run, re-executing only its unfinished steps."""
+    from toolkit import runner, runs
+
+    try:
+        record = runner.resume(run_id, progress=_progress)
+    except runs.RunNotFound as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    except RuntimeError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    click.echo(runner.describe(record))
 
 
 @main.command("summary")
-@_patch_option
-@_config_option
-def summary_command(patches, configs) -> None:
-    """Summarise the latest outputs for this config: top changes, forecast error, files."""
+@click.argument("run_id", required=False)
+def summary_command(run_id) -> None:
+    """Top changes, forecast error and outputs of a run (default: the latest that succeeded)."""
+    from toolkit import runner, runs
+
+    record = _record_or_exit(run_id) if run_id else _latest_succeeded()
+    click.echo(runner.summary(record))
+
+
+def _latest_succeeded():
+    from toolkit import runs
+
+    for row in runs.list_runs():
+        if row.get("status") == "succeeded":
+            return row
+    click.echo("no succeeded run yet; start one with `toolkit run`", err=True)
+    sys.exit(2)
+
+
+def _record_or_exit(run_id):
+    from toolkit import runs
+
+    try:
+        return runs.load(run_id)
+    except runs.RunNotFound as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
+@main.group("runs")
+def runs_group() -> None:
+    """List, inspect, compare and cancel runs."""
+
+
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@runs_group.command("list")
+@_json_option
+@click.option("--status", default=None, help="Only runs with this status.")
+@click.option("--market", default=None, help="Only runs for this market.")
+def runs_list(as_json, status, market) -> None:
+    """Runs, newest first: status, market, period, launcher, start, duration."""
+    from toolkit import runs
+
+    rows = [runs.summary_row(r) for r in runs.list_runs()]
+    rows = [r for r in rows if (not status or r["status"] == status)
+            and (not market or r["market"] == market.upper())]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no runs yet")
+        return
+    header = f"{'RUN':<40} {'STATUS':<12} {'MARKET':<6} {'PERIOD':<8} {'LAUNCHER':<12} " \
+             f"{'STARTED':<20} {'DURATION':>9}"
+    click.echo(header)
+    for r in rows:
+        started = (r["started_at"] or "")[:19].replace("T", " ")
+        duration = f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"
+        click.echo(f"{r['id']:<40} {r['status']:<12} {r['market'] or '-':<6} "
+                   f"{r['period'] or '-':<8} {str(r['launcher'] or '-')[:12]:<12} "
+                   f"{started:<20} {duration:>9}")
+
+
+@runs_group.command("show")
+@click.argument("run_id")
+@_json_option
+def runs_show(run_id, as_json) -> None:
+    """Effective config with origins, each step's status, timing and outputs."""
+    from toolkit import runner, runs
+
+    record = _record_or_exit(run_id)
+    if as_json:
+        out = {**runs.summary_row(record), "config": record.get("config"),
+               "origins": record.get("origins"), "steps": record.get("steps"),
+               "error": record.get("error"), "versions": record.get("versions"),
+               "git_commit": record.get("git_commit")}
+        click.echo(json.dumps(out, indent=2, default=str))
+        return
+    row = runs.summary_row(record)
+    click.echo(f"run {row['id']}: {row['status']}, {row['market']} {row['period']} "
+               f"{row['category'] or 'all'}, launched by {row['launcher']}, "
+               f"{row['duration_s'] or 0:.0f}s")
+    click.echo("\nconfig:")
+    for key, origin in (record.get("origins") or {}).items():
+        click.echo(f"  {key} = {json.dumps(_lookup(record['config'], key))}  # {origin}")
+    click.echo("\nsteps:")
+    for name, step in record.get("steps", {}).items():
+        reused = f" (reused from {step.get('reused_from')})" if step.get("reused") else ""
+        timing = f" {step.get('duration_s')}s" if step.get("duration_s") is not None else ""
+        click.echo(f"  {name}: {step.get('status')}{reused}{timing} key={step.get('cache_key')}")
+        for key, url in (step.get("outputs") or {}).items():
+            click.echo(f"    {key}: {url}")
+    if record.get("status") != "succeeded":
+        click.echo("")
+        click.echo(runner.explain_failure(record))
+
+
+def _lookup(data, dotted):
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+@runs_group.command("logs")
+@click.argument("run_id")
+@click.option("--step", default=None, help="Also print this step's notebook output.")
+def runs_logs(run_id, step) -> None:
+    """The run's events, errors and, with --step, a step's notebook output."""
+    from toolkit import reports
+
+    record = _record_or_exit(run_id)
+    click.echo(reports.run_log(record, step))
+
+
+@runs_group.command("diff")
+@click.argument("run_a")
+@click.argument("run_b")
+@_json_option
+def runs_diff(run_a, run_b, as_json) -> None:
+    """Config differences and KPI deltas between two runs."""
+    from toolkit import reports
+
+    diff = reports.diff_runs(_record_or_exit(run_a), _record_or_exit(run_b))
+    if as_json:
+        click.echo(json.dumps(diff, indent=2, default=str))
+        return
+    click.echo(reports.diff_text(diff))
+
+
+@runs_group.command("cancel")
+@click.argument("run_id")
+def runs_cancel(run_id) -> None:
+    """Ask a running run to stop."""
     from toolkit import runner
 
-    resolved = _resolve_or_exit(configs, patches)
-    click.echo(runner.summary(resolved, configs=configs, patches=patches))
+    _record_or_exit(run_id)
+    runner.cancel(run_id)
+    click.echo(f"cancel requested for {run_id}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -101,7 +101,9 @@ class ForecastConfig(_Section):
 
 
 class Weights(_Section):
-    revenue: float = Field(0.4, ge=0, le=1, description="Weight of revenue change in the objective.")
+    revenue: float = Field(
+        0.4, ge=0, le=1, description="Weight of revenue change in the objective."
+    )
     margin: float = Field(0.4, ge=0, le=1, description="Weight of margin change in the objective.")
     volume: float = Field(0.2, ge=0, le=1, description="Weight of unit volume change.")
 
@@ -163,6 +165,18 @@ class OutputConfig(_Section):
 class ExecutionConfig(_Section):
     step_timeout_seconds: int = Field(
         1800, ge=10, le=86_400, description="A step running longer than this fails."
+    )
+    executor: Literal["serial", "dask"] = Field(
+        "serial", description="Where steps run: this process, or a Dask cluster."
+    )
+    workers: int = Field(2, ge=1, le=256, description="Workers of a local Dask cluster.")
+    scheduler: str | None = Field(
+        None,
+        pattern=r"^(tcp|tls|inproc|ws|wss)://[^\s]+$",
+        description="Address of an existing Dask scheduler; none starts a local cluster.",
+    )
+    retries: int = Field(
+        2, ge=0, le=10, description="Retries of a step whose worker failed or vanished."
     )
 
 
@@ -305,9 +319,7 @@ def parse_patch(patch: str) -> dict:
     if not sep:
         raise ConfigError([Problem(source, "", "expected key.path=value")])
     if not _KEY_PATH.match(key):
-        raise ConfigError(
-            [Problem(source, key, "key must be dot-separated lowercase identifiers")]
-        )
+        raise ConfigError([Problem(source, key, "key must be dot-separated lowercase identifiers")])
     value = load_yaml_text(raw_value, source) if raw_value.strip() else None
     if isinstance(value, dict):
         raise ConfigError([Problem(source, key, "value must be a scalar or a list")])
@@ -454,9 +466,9 @@ def _validate_keys(layer: Layer, model: type[BaseModel] = ToolkitConfig, prefix:
             problems.append(Problem(layer.source, path, f"unknown key{hint} (valid: {valid})"))
             continue
         annotation = fields[key].annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            if isinstance(value, Mapping):
-                problems += _validate_keys(Layer(layer.source, dict(value)), annotation, f"{path}.")
+        nested = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if nested and isinstance(value, Mapping):
+            problems += _validate_keys(Layer(layer.source, dict(value)), annotation, f"{path}.")
     return problems
 
 
@@ -496,7 +508,7 @@ def resolve(
     caller = {"country": country, "period": period, "category": category}
     for key in IDENTITY_KEYS:
         if caller[key] is not None:
-            identity[key], identity_origin[key] = caller[key], "env (--env--%s)" % key
+            identity[key], identity_origin[key] = caller[key], f"env (--env--{key})"
         elif key in env_values:
             identity[key], identity_origin[key] = env_values[key], "env.yaml"
     for layer in top:
@@ -576,5 +588,3 @@ def _problems_from(exc: ValidationError, origins: Mapping[str, str]) -> list[Pro
         message = error["msg"].removeprefix("Value error, ")
         problems.append(Problem(source, path, f"{message}{shown}"))
     return problems
-
-

@@ -33,8 +33,9 @@ class DeliveryError(RuntimeError):
     """Delivery gave up; the message names the endpoint, attempts and last error."""
 
 
-def to_export(plan: pd.DataFrame, catalog: pd.DataFrame, run_id: str, market: str,
-              period: str) -> pd.DataFrame:
+def to_export(
+    plan: pd.DataFrame, catalog: pd.DataFrame, run_id: str, market: str, period: str
+) -> pd.DataFrame:
     """Changed prices only, in the receiving system's column order, biggest impact first."""
     changed = plan[plan["changed"]].merge(
         catalog[["product_id", "product_name", "currency"]], on="product_id", how="left"
@@ -95,8 +96,12 @@ def post_json(
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-                return {"endpoint": url, "status": response.status, "attempts": attempt,
-                        "idempotency_key": idempotency_key}
+                return {
+                    "endpoint": url,
+                    "status": response.status,
+                    "attempts": attempt,
+                    "idempotency_key": idempotency_key,
+                }
         except urllib.error.HTTPError as exc:
             last_error = f"HTTP {exc.code} {exc.reason}"
             if exc.code != 429 and exc.code < 500:
@@ -105,6 +110,4 @@ def post_json(
             last_error = str(getattr(exc, "reason", exc))
         if attempt <= retries:
             sleep(backoff * 2 ** (attempt - 1))
-    raise DeliveryError(
-        f"delivery to {url} failed after {attempt} attempt(s): {last_error}"
-    )
+    raise DeliveryError(f"delivery to {url} failed after {attempt} attempt(s): {last_error}")

@@ -451,7 +451,9 @@ def generate(
 
 
 def write(
-    markets: Iterable[str] | None = None, n_products: int = 240, seed: int = 42,
+    markets: Iterable[str] | None = None,
+    n_products: int = 240,
+    seed: int = 42,
     root: str | None = None,
 ) -> dict[str, dict]:
     """Write each market's catalog and sales to ``<root>/raw/market=<CODE>/`` via contracts.

@@ -406,6 +406,14 @@ def forecast_frame(
         ["product_id", "category", "list_price", "unit_cost"]
     ].rename(columns={"list_price": "current_price"})
     frame = forecasts.merge(products, on="product_id").merge(elasticities, on="product_id")
-    columns = ["product_id", "category", "week", "step", "forecast_units", "elasticity",
-               "current_price", "unit_cost"]
+    columns = [
+        "product_id",
+        "category",
+        "week",
+        "step",
+        "forecast_units",
+        "elasticity",
+        "current_price",
+        "unit_cost",
+    ]
     return frame[columns]

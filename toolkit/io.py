@@ -44,7 +44,9 @@ class ValidationReport:
         }
 
     def __str__(self) -> str:
-        lines = [f"{self.dataset} contract failed on {self.stage} of {self.url} ({self.n_rows} rows):"]
+        lines = [
+            f"{self.dataset} contract failed on {self.stage} of {self.url} ({self.n_rows} rows):"
+        ]
         for f in self.failures:
             examples = ", ".join(repr(v) for v in f["examples"])
             about = f" ({f['description']})" if f.get("description") else ""
@@ -125,8 +127,14 @@ def _plain(value: Any) -> Any:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def validate(df: pd.DataFrame, contract, *, url: str = "<memory>", stage: str = "check",
-             report_dir: str | None = None) -> pd.DataFrame:
+def validate(
+    df: pd.DataFrame,
+    contract,
+    *,
+    url: str = "<memory>",
+    stage: str = "check",
+    report_dir: str | None = None,
+) -> pd.DataFrame:
     """Validate ``df`` lazily and return the coerced frame.
 
     Raises:

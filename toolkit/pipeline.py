@@ -75,12 +75,14 @@ def run_identity(country=None, period=None, category=None, configs="", patches="
 def step_config(
     step, country=None, period=None, category=None, configs="", patches="", run_id=None
 ):
-    """The ``config`` parameter of ``step``: only the config section it reads."""
-    if step not in STEP_SECTIONS:
-        raise ValueError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
+    """The ``config`` parameter of ``step``: only the config section it reads.
+
+    A step added with ``toolkit new-step`` reads no section until one is added to the
+    config model, so it gets ``{}``.
+    """
     resolved = resolve_from_env(country, period, category, configs, patches)
-    (section,) = STEP_SECTIONS[step]
-    values = resolved.section(section)
+    sections = STEP_SECTIONS.get(step, ())
+    values = resolved.section(sections[0]) if sections else {}
     if step == "format_output":
         # A Ploomber build has no run record: name it after its config, so a rebuild with
         # the same config delivers with the same idempotency key.
@@ -175,14 +177,12 @@ def load_dag(env: dict | None = None, project_dir: Path = PROJECT_DIR):
 
 
 def _env_with(overrides: dict | None, project_dir: Path) -> dict:
-    data = config_mod.load_yaml_text(
-        (Path(project_dir) / "env.yaml").read_text(), "env.yaml"
-    ) or {}
+    data = config_mod.load_yaml_text((Path(project_dir) / "env.yaml").read_text(), "env.yaml") or {}
+    if os.environ.get("TOOLKIT_BUILD_DIR"):
+        data["build_dir"] = os.environ["TOOLKIT_BUILD_DIR"]
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    build_dir = os.environ.get("TOOLKIT_BUILD_DIR") or str(data.get("build_dir", ""))
-    data["build_dir"] = build_dir.replace("{{here}}", str(project_dir))
+    data["build_dir"] = str(data.get("build_dir", "")).replace("{{here}}", str(project_dir))
     return data
-
 
 
 def set_aside_failed_notebook(task) -> None:

@@ -9,14 +9,19 @@ import pandas as pd
 __all__ = ["history_and_forecast", "impact_by_category"]
 
 
-def history_and_forecast(weekly: pd.DataFrame, forecasts: pd.DataFrame,
-                         product_ids: Sequence[str], history_weeks: int = 78):
+def history_and_forecast(
+    weekly: pd.DataFrame,
+    forecasts: pd.DataFrame,
+    product_ids: Sequence[str],
+    history_weeks: int = 78,
+):
     """Recent weekly units and the forecast, one panel per product."""
     import matplotlib.pyplot as plt
 
     ids = list(product_ids)
-    fig, axes = plt.subplots(len(ids) or 1, 1, figsize=(9, 2.2 * max(len(ids), 1)),
-                             sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        len(ids) or 1, 1, figsize=(9, 2.2 * max(len(ids), 1)), sharex=True, squeeze=False
+    )
     for ax, pid in zip(axes[:, 0], ids, strict=False):
         past = weekly[weekly["product_id"] == pid].tail(history_weeks)
         future = forecasts[forecasts["product_id"] == pid]

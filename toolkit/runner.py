@@ -1,31 +1,47 @@
-"""Run the pipeline for a resolved config through Ploomber, and describe what it produced."""
+"""Runs: record, cache lookup, execution, heartbeat, cancel and resume of one pipeline run.
+
+``toolkit run`` lands here. The DAG comes from the same ``pipeline.yaml`` as ``ploomber
+build``; the effective config is frozen as ``runs/<id>/config.yaml`` so every step,
+on any machine and on resume, sees exactly the values the run started with.
+"""
 
 from __future__ import annotations
 
+import _thread
 import json
-from dataclasses import dataclass, field
+import socket
+import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import pandas as pd
+import yaml
 
+from toolkit import cache, executors, pipeline, runs, storage
 from toolkit import config as config_mod
-from toolkit import io, pipeline, schemas, storage
 
-__all__ = ["BuildResult", "StepFailed", "build", "describe", "outputs", "summary"]
+__all__ = [
+    "RunFailed",
+    "cancel",
+    "describe",
+    "ploomber_env",
+    "resume",
+    "start",
+]
 
-
-class StepFailed(RuntimeError):
-    """A step failed; the message says which, why, and where its report and notebook are."""
-
-
-@dataclass
-class BuildResult:
-    resolved: config_mod.ResolvedConfig
-    ran: dict[str, bool] = field(default_factory=dict)
-    outputs: dict[str, dict[str, str]] = field(default_factory=dict)
+Progress = Callable[[str], None]
 
 
-def ploomber_env(resolved: config_mod.ResolvedConfig, configs=(), patches=()) -> dict:
+class RunFailed(RuntimeError):
+    """A run ended without success; ``record`` says which step and why."""
+
+    def __init__(self, record: dict[str, Any]):
+        self.record = record
+        super().__init__(explain_failure(record))
+
+
+def ploomber_env(resolved: config_mod.ResolvedConfig, configs=(), patches=(), run_id="") -> dict:
     """The env values that make ``pipeline.yaml`` resolve to ``resolved``."""
     cfg = resolved.config
     return {
@@ -35,88 +51,378 @@ def ploomber_env(resolved: config_mod.ResolvedConfig, configs=(), patches=()) ->
         # JSON keeps a ';' or ',' inside a patch value intact.
         "configs": json.dumps(list(configs)),
         "patches": json.dumps(list(patches)),
+        "run_id": run_id,
     }
 
 
 def load_dag(resolved: config_mod.ResolvedConfig, configs=(), patches=()):
-    dag = pipeline.load_dag(ploomber_env(resolved, configs, patches))
-    timeout = resolved.config.execution.step_timeout_seconds
-    for task in dag.values():
-        # papermill has no execution timeout by default; a hung cell must fail the step.
-        task.executor_params["execution_timeout"] = timeout
-    return dag
+    """The DAG for this config, in the default Ploomber workspace (for inspection)."""
+    return pipeline.load_dag(ploomber_env(resolved, configs, patches))
 
 
-def build(resolved: config_mod.ResolvedConfig, configs=(), patches=(), force=False) -> BuildResult:
-    """Build every outdated step (all of them with ``force``).
-
-    Raises:
-        StepFailed: naming the failed step, its contract report if any, and its notebook.
-    """
-    from ploomber.exceptions import DAGBuildError
-
-    dag = load_dag(resolved, configs, patches)
-    try:
-        report = dag.build(force=force)
-    except DAGBuildError as exc:
-        raise StepFailed(_explain_failure(dag, exc)) from None
-    table = report.to_dict() if report else {"name": [], "Ran?": []}
-    ran = {name: bool(flag) for name, flag in zip(table["name"], table["Ran?"], strict=True)}
-    return BuildResult(resolved, ran, outputs(dag))
+# ---------------------------------------------------------------------------
+# Record keeping
+# ---------------------------------------------------------------------------
 
 
-def outputs(dag) -> dict[str, dict[str, str]]:
-    """Storage URL of every product, per step."""
-    client = pipeline.storage_client()
-    return {
-        task.name: {key: client._remote_path(str(prod)) for key, prod in task.product.to_json_serializable().items()}
-        if isinstance(task.product.to_json_serializable(), dict)
-        else {"data": client._remote_path(str(task.product))}
-        for task in dag.values()
+class _Recorder:
+    """Serialises record updates from the run loop and the heartbeat thread."""
+
+    def __init__(self, record: dict[str, Any], root: str, progress: Progress):
+        self.record = record
+        self.root = root
+        self.progress = progress
+        self.lock = threading.Lock()
+
+    def update(self, **fields) -> None:
+        with self.lock:
+            self.record.update(fields)
+            runs.save(self.record, self.root)
+
+    def step(self, name: str, **fields) -> None:
+        with self.lock:
+            self.record["steps"].setdefault(name, {}).update(fields)
+            runs.save(self.record, self.root)
+
+    def event(self, message: str) -> None:
+        self.progress(message)
+        with self.lock:
+            self.record.setdefault("events", []).append({"at": runs.now(), "message": message})
+            runs.save(self.record, self.root)
+
+
+class _Heartbeat(threading.Thread):
+    """Beats into the record; interrupts the run when a cancel marker appears."""
+
+    def __init__(self, recorder: _Recorder, interval: float):
+        super().__init__(daemon=True, name="toolkit-heartbeat")
+        self.recorder = recorder
+        self.interval = interval
+        self.stopped = threading.Event()
+        self.cancelled = False
+
+    def run(self) -> None:
+        cancel_url = runs.run_url(self.recorder.record["id"], "cancel", root=self.recorder.root)
+        while not self.stopped.wait(self.interval):
+            try:
+                self.recorder.update(heartbeat_at=runs.now())
+                if not self.cancelled and storage.exists(cancel_url):
+                    self.cancelled = True
+                    _thread.interrupt_main()  # stops the notebook; the loop marks it cancelled
+            except Exception:  # noqa: BLE001 - a missed beat must not kill the run
+                continue
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+# ---------------------------------------------------------------------------
+# Start, resume, cancel
+# ---------------------------------------------------------------------------
+
+
+def create(resolved: config_mod.ResolvedConfig, configs=(), patches=(), run_id=None,
+           executor: str = "serial", force: bool = False) -> dict[str, Any]:
+    """Write a new run's frozen config and its ``queued`` record; return the record."""
+    root = storage.root()
+    cfg = resolved.config
+    run_id = run_id or runs.new_id(cfg.country, cfg.period)
+    config_url = runs.run_url(run_id, "config.yaml", root=root)
+    frozen = yaml.safe_dump(resolved.as_dict(), sort_keys=False).encode()
+    storage.write_bytes(config_url, frozen)
+    record = {
+        "id": run_id,
+        "status": "queued",
+        "market": cfg.country,
+        "period": cfg.period,
+        "category": cfg.category,
+        "launcher": runs.launcher(),
+        "host": socket.gethostname(),
+        "created_at": runs.now(),
+        "heartbeat_at": runs.now(),
+        "heartbeat_seconds": runs.HEARTBEAT_SECONDS,
+        "root": root,
+        "inputs": {"configs": list(configs), "patches": list(patches)},
+        "config": resolved.as_dict(),
+        "origins": {key: origin for key, _, origin in resolved.leaves()},
+        "config_url": config_url,
+        "executor": executor,
+        "force": force,
+        "versions": runs.versions(),
+        "git_commit": runs.git_commit(),
+        "steps": {},
+        "events": [],
     }
+    runs.save(record, root)
+    return record
 
 
-def _explain_failure(dag, exc) -> str:
-    lines = []
-    for task in dag.values():
-        if task.exec_status.name != "Errored":
+def start(resolved: config_mod.ResolvedConfig, configs=(), patches=(), *, force=False,
+          run_id=None, executor="serial", executor_options=None,
+          progress: Progress = print) -> dict[str, Any]:
+    """Create a run and execute it. Returns the final record; raises ``RunFailed``."""
+    record = create(resolved, configs, patches, run_id=run_id, executor=executor, force=force)
+    progress(f"run {record['id']}")
+    return execute(record, force=force, executor=executor,
+                   executor_options=executor_options, progress=progress)
+
+
+def resume(run_id: str, progress: Progress = print, executor=None,
+           executor_options=None) -> dict[str, Any]:
+    """Finish an interrupted or failed run, re-executing only its unfinished steps."""
+    record = runs.load(run_id)
+    status = record["status"]
+    if status in runs.ACTIVE:
+        raise RuntimeError(
+            f"run {run_id} is still {status} (heartbeat {record.get('heartbeat_at')}); "
+            "cancel it first or wait for it"
+        )
+    if status == "succeeded":
+        progress(f"run {run_id} already succeeded; nothing to do")
+        return record
+    record["status"] = record.pop("stored_status", status)
+    record.setdefault("resumed", []).append(runs.now())
+    return execute(record, force=False, executor=executor or record.get("executor", "serial"),
+                   executor_options=executor_options, progress=progress)
+
+
+def cancel(run_id: str) -> None:
+    """Ask a running run to stop: it notices within one heartbeat."""
+    record = runs.load(run_id)
+    storage.write_bytes(runs.run_url(run_id, "cancel", root=record.get("root")), b"cancel\n")
+
+
+# ---------------------------------------------------------------------------
+# The run loop
+# ---------------------------------------------------------------------------
+
+
+def _plan(record: dict[str, Any]):
+    """Load the DAG for a run (frozen config) to read each step's source and params."""
+    env = {
+        "country": record["market"],
+        "period": record["period"],
+        "category": record["category"] or "all",
+        "configs": json.dumps([record["config_url"]]),
+        "patches": "[]",
+        "run_id": record["id"],
+    }
+    # Planning reads sources and params only; nothing is written to this workspace.
+    workspace = Path(tempfile.gettempdir()) / "toolkit-plan"
+    return env, pipeline.load_dag({**env, "build_dir": str(workspace)})
+
+
+def _topological(dag) -> list[str]:
+    """Step names in pipeline.yaml order, each after its upstream steps."""
+    names = list(dag)
+    done: list[str] = []
+    while len(done) < len(names):
+        ready = [n for n in names if n not in done and all(u in done for u in dag[n].upstream)]
+        if not ready:
+            raise ValueError(f"pipeline has a cycle among {sorted(set(names) - set(done))}")
+        done.append(ready[0])
+    return done
+
+
+def _key_params(task) -> dict[str, Any]:
+    """The params that decide a step's outputs: not the storage root, not the run id."""
+    params = task.params.to_json_serializable(params_only=True)
+    params = json.loads(json.dumps(params, default=str))
+    params.get("run", {}).pop("root", None)
+    params.get("config", {}).pop("run_id", None)
+    return params
+
+
+def _raw_inputs(root: str, market: str) -> dict[str, str]:
+    """Fingerprints of the market's raw files, for the steps that read them."""
+    base = storage.join(root, "raw", f"market={market}")
+    return {name: cache.file_fingerprint(storage.join(base, name)) for name in storage.listdir(base)}
+
+
+def execute(record: dict[str, Any], *, force=False, executor="serial", executor_options=None,
+            progress: Progress = print) -> dict[str, Any]:
+    """Walk the DAG: reuse cached steps, execute the others, keep the record current."""
+    root = record["root"]
+    recorder = _Recorder(record, root, progress)
+    recorder.update(status="running", started_at=record.get("started_at") or runs.now(),
+                    heartbeat_at=runs.now(), finished_at=None, error=None, pid=_pid())
+    beat = _Heartbeat(recorder, float(record.get("heartbeat_seconds", runs.HEARTBEAT_SECONDS)))
+    beat.start()
+    pool = None
+    try:
+        env, dag = _plan(record)
+        order = _topological(dag)
+        upstream_of = {name: list(dag[name].upstream) for name in order}
+        identity = {"market": record["market"], "period": record["period"],
+                    "category": record["category"]}
+        timeout = int(record["config"]["execution"]["step_timeout_seconds"])
+        code = cache.code_fingerprint()
+        pool = executors.make_executor(executor, **(executor_options or {}))
+        keys: dict[str, str] = {}
+        outputs: dict[str, dict[str, str]] = {}
+        pending = list(order)
+        running: dict[Any, str] = {}
+        failed = False
+        total = len(order)
+        while (pending and not failed) or running:
+            ready = [s for s in pending if all(u in outputs for u in upstream_of[s])]
+            for name in ready:
+                pending.remove(name)
+                task = dag[name]
+                inputs = _raw_inputs(root, record["market"]) if not upstream_of[name] else {}
+                keys[name] = cache.step_key(
+                    name, Path(str(task.source.loc)).read_text(), _key_params(task),
+                    {u: keys[u] for u in upstream_of[name]}, inputs, code,
+                )
+                position = f"[{order.index(name) + 1}/{total}] {name}"
+                warnings: list[str] = []
+                previous = record["steps"].get(name, {})
+                hit = None if force else cache.lookup(root, identity, name, keys[name], warnings)
+                for warning in warnings:
+                    recorder.event(f"{position}: {warning}")
+                if hit is not None:
+                    outputs[name] = hit["outputs"]
+                    own = hit["run_id"] == record["id"]
+                    recorder.step(
+                        name, status="succeeded" if own else "reused", reused=not own,
+                        reused_from=None if own else hit["run_id"], cache_key=keys[name],
+                        outputs=hit["outputs"], url=hit["url"], error=None,
+                        duration_s=previous.get("duration_s") if own else 0.0,
+                    )
+                    how = "already done" if own else f"reused from run {hit['run_id']}"
+                    recorder.event(f"{position}: {how}")
+                    continue
+                attempt = f"{record['id']}.{len(previous.get('attempts', [])) + 1}"
+                recorder.step(name, status="running", cache_key=keys[name], reused=False,
+                              started_at=runs.now(), attempts=previous.get("attempts", [])
+                              + [attempt], error=None)
+                recorder.event(f"{position}: running")
+                request = {
+                    "root": root, "run_id": record["id"], "step": name, "env": env,
+                    "key": keys[name], "attempt": attempt, "timeout": timeout,
+                    "identity": identity,
+                    "upstream": {u: outputs[u] for u in upstream_of[name]},
+                }
+                running[pool.submit(executors.execute_step, request)] = name
+            done, _ = pool.wait_any(list(running))
+            for future in done:
+                name = running.pop(future)
+                result = _result_of(future)
+                position = f"[{order.index(name) + 1}/{total}] {name}"
+                duration = _seconds(result.get("started_at"), result.get("finished_at"))
+                if result["status"] == "succeeded":
+                    outputs[name] = result["outputs"]
+                    recorder.step(name, status="succeeded", outputs=result["outputs"],
+                                  url=result["url"], finished_at=result["finished_at"],
+                                  duration_s=duration)
+                    recorder.event(f"{position}: done in {duration:.1f}s")
+                else:
+                    failed = True
+                    recorder.step(name, status="failed", error=result["error"],
+                                  report=result.get("report", []), debug=result.get("debug", {}),
+                                  traceback=result.get("traceback"),
+                                  finished_at=result.get("finished_at"), duration_s=duration)
+                    recorder.event(f"{position}: failed: {result['error'].splitlines()[-1]}")
+        if failed:
+            recorder.update(status="failed", finished_at=runs.now(),
+                            error="a step failed; see its error and report")
+            raise RunFailed(record)
+        recorder.update(status="succeeded", finished_at=runs.now())
+        return record
+    except KeyboardInterrupt:
+        status = "cancelled" if beat.cancelled else "interrupted"
+        for name, step in record["steps"].items():
+            if step.get("status") == "running":
+                recorder.step(name, status=status, finished_at=runs.now())
+        recorder.update(status=status, finished_at=runs.now(), error=f"run {status}")
+        recorder.event(f"run {status}")
+        if beat.cancelled:
+            raise RunFailed(record) from None
+        raise
+    except RunFailed:
+        raise
+    except Exception as exc:
+        recorder.update(status="failed", finished_at=runs.now(),
+                        error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        beat.stop()
+        if pool is not None:
+            pool.close()
+
+
+def _result_of(future) -> dict[str, Any]:
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a lost worker is a failed step, not a crash
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "report": []}
+
+
+def _seconds(start: str | None, end: str | None) -> float:
+    a, b = runs.parse_time(start), runs.parse_time(end)
+    return round((b - a).total_seconds(), 2) if a and b else 0.0
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+# ---------------------------------------------------------------------------
+# Presentation
+# ---------------------------------------------------------------------------
+
+
+def explain_failure(record: dict[str, Any]) -> str:
+    lines = [f"run {record['id']} {record.get('status')}"]
+    for name, step in record.get("steps", {}).items():
+        if step.get("status") not in ("failed", "cancelled", "interrupted"):
             continue
-        folder = Path(str(task.product["nb"])).parent
-        lines.append(f"step '{task.name}' failed")
-        for report_file in sorted(folder.glob("*.validation.json")):
-            report = json.loads(report_file.read_text())
-            lines.append(str(io.ValidationReport(**report)))
-            lines.append(f"report: {report_file}")
-        lines.append(f"partially executed notebook: {task.product['nb']}")
-    cause = str(exc).strip().splitlines()
-    lines.append("cause: " + (cause[-1] if cause else type(exc).__name__))
+        lines.append(f"step '{name}' {step['status']}: {step.get('error') or ''}".rstrip())
+        for report in step.get("report") or []:
+            lines.append(_report_text(report))
+        for key, url in (step.get("debug") or {}).items():
+            lines.append(f"  {key}: {url}")
     return "\n".join(lines)
 
 
-def describe(result: BuildResult) -> str:
-    cfg = result.resolved.config
-    lines = [f"market {cfg.country}, period {cfg.period}, category {cfg.category or 'all'}"]
-    for step, urls in result.outputs.items():
-        state = "ran" if result.ran.get(step) else "up to date"
-        lines.append(f"  {step} ({state})")
-        lines += [f"    {key}: {url}" for key, url in urls.items()]
+def _report_text(report: dict[str, Any]) -> str:
+    from toolkit import io
+
+    fields = {k: report[k] for k in ("dataset", "url", "stage", "n_rows", "failures")}
+    return str(io.ValidationReport(**fields))
+
+
+def describe(record: dict[str, Any]) -> str:
+    """Where a finished run's outputs are, step by step."""
+    lines = [f"run {record['id']}: {record['status']} "
+             f"({record['market']} {record['period']} {record.get('category') or 'all'})"]
+    for name, step in record.get("steps", {}).items():
+        state = step.get("status")
+        if step.get("reused"):
+            state = f"reused from {step.get('reused_from')}"
+        lines.append(f"  {name} ({state})")
+        lines += [f"    {key}: {url}" for key, url in (step.get("outputs") or {}).items()]
     return "\n".join(lines)
 
 
-def summary(resolved: config_mod.ResolvedConfig, configs=(), patches=(), top: int = 10) -> str:
-    """Top recommended changes, forecast error vs seasonal naive, and where outputs are."""
-    from toolkit import forecasting
+def summary(record: dict[str, Any], top: int = 10) -> str:
+    """Top recommended changes, forecast error vs seasonal naive, where outputs are."""
+    import pandas as pd
 
-    dag = load_dag(resolved, configs, patches)
-    urls = outputs(dag)
-    plan = io.read(urls["optimize"]["data"], schemas.Plan)
-    kpis = json.loads(storage.read_bytes(urls["optimize"]["kpis"]))
-    accuracy = io.read(urls["forecast"]["accuracy"], schemas.ForecastAccuracy)
+    from toolkit import forecasting, io, schemas
+
+    steps = record["steps"]
+    plan = io.read(steps["optimize"]["outputs"]["data"], schemas.Plan)
+    kpis = json.loads(storage.read_bytes(steps["optimize"]["outputs"]["kpis"]))
+    accuracy = io.read(steps["forecast"]["outputs"]["accuracy"], schemas.ForecastAccuracy)
     backtest = forecasting.summarize_backtest(accuracy)
     changes = plan[plan["changed"]].head(top)
-    cfg = resolved.config
     lines = [
-        f"Recommendations for {cfg.country} {cfg.period} "
+        f"Recommendations for {record['market']} {record['period']} "
         f"({kpis['n_changes']} price changes; revenue {kpis['revenue_change_pct']:+.1f}%, "
         f"margin {kpis['margin_change_pct']:+.1f}%, volume {kpis['volume_change_pct']:+.1f}%)",
         "",
@@ -142,8 +448,6 @@ def summary(resolved: config_mod.ResolvedConfig, configs=(), patches=(), top: in
         f"Forecast backtest WAPE: model {backtest['model_wape']:.1%} vs seasonal naive "
         f"{backtest['naive_wape']:.1%} ({backtest['n_products']} products)",
         "",
-        "Outputs:",
+        describe(record),
     ]
-    for step, step_urls in urls.items():
-        lines += [f"  {step}.{key}: {url}" for key, url in step_urls.items()]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ cached, so a long-lived reader sees what other processes wrote.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import uuid
@@ -181,10 +182,8 @@ def listdir(url: str) -> list[str]:
 
 def remove(url: str, recursive: bool = False) -> None:
     fs, path = filesystem(url)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         _call(url, "remove", fs.rm, path, recursive=recursive)
-    except FileNotFoundError:
-        pass
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:

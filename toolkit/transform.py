@@ -47,7 +47,11 @@ def weekly_sales(
         & sales["product_id"].isin(products["product_id"])
     ].copy()
     if days.empty or days["date"].max() < last:
-        have = f"{sales['date'].min():%Y-%m-%d}..{sales['date'].max():%Y-%m-%d}" if len(sales) else "none"
+        have = (
+            f"{sales['date'].min():%Y-%m-%d}..{sales['date'].max():%Y-%m-%d}"
+            if len(sales)
+            else "none"
+        )
         raise ValueError(
             f"raw sales end before period {period}: need data through "
             f"{last + pd.Timedelta(days=6):%Y-%m-%d}, have {have}"
@@ -61,7 +65,8 @@ def weekly_sales(
         promo_share=("promo", "mean"),
     )
     grid = pd.MultiIndex.from_product(
-        [products["product_id"], pd.date_range(first, last, freq="7D")], names=["product_id", "week"]
+        [products["product_id"], pd.date_range(first, last, freq="7D")],
+        names=["product_id", "week"],
     ).to_frame(index=False)
     weekly = grid.merge(weekly, on=["product_id", "week"], how="left").merge(
         products[["product_id", "category", "list_price", "unit_cost"]], on="product_id"
@@ -75,6 +80,15 @@ def weekly_sales(
     sold_weeks = weekly[weekly["units"] > 0].groupby("product_id").size()
     keep = sold_weeks[sold_weeks >= min_weeks_with_sales].index
     weekly = weekly[weekly["product_id"].isin(keep)]
-    columns = ["product_id", "category", "week", "units", "revenue", "avg_price",
-               "promo_share", "list_price", "unit_cost"]
+    columns = [
+        "product_id",
+        "category",
+        "week",
+        "units",
+        "revenue",
+        "avg_price",
+        "promo_share",
+        "list_price",
+        "unit_cost",
+    ]
     return weekly[columns].sort_values(["product_id", "week"]).reset_index(drop=True)

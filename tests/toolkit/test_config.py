@@ -35,7 +35,9 @@ def test_layers_merge_in_order_with_provenance(project, tmp_path):
 
 
 def test_lists_replace_and_mappings_merge(project):
-    resolved = resolve(patches=["optimize.constraints.price_levels=[-0.1, 0.0]"], project_dir=project)
+    resolved = resolve(
+        patches=["optimize.constraints.price_levels=[-0.1, 0.0]"], project_dir=project
+    )
     assert resolved.config.optimize.constraints.price_levels == [-0.1, 0.0]
     assert resolved.config.optimize.constraints.max_discount == 0.3  # sibling kept
 
@@ -97,7 +99,9 @@ def test_out_of_range_weight_names_the_layer(project, tmp_path):
 
 
 def test_out_of_range_patch(project):
-    with pytest.raises(ConfigError, match=r"--patch optimize.constraints.max_discount=2.*max_discount"):
+    with pytest.raises(
+        ConfigError, match=r"--patch optimize.constraints.max_discount=2.*max_discount"
+    ):
         resolve(patches=["optimize.constraints.max_discount=2"], project_dir=project)
 
 

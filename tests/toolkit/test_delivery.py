@@ -45,16 +45,18 @@ class Receiver:
 
 def test_delivers_with_idempotency_key_after_retries():
     with Receiver(fail_first=2) as receiver:
-        receipt = delivery.post_json(receiver.url, [{"a": 1}], "run-1", retries=3,
-                                     sleep=lambda s: None)
+        receipt = delivery.post_json(
+            receiver.url, [{"a": 1}], "run-1", retries=3, sleep=lambda s: None
+        )
     assert receipt["status"] == 200 and receipt["attempts"] == 3
     assert [r[0]["Idempotency-Key"] for r in receiver.requests] == ["run-1"] * 3
     assert receiver.requests[-1][1] == [{"a": 1}]
 
 
 def test_gives_up_after_the_retry_budget():
-    with Receiver(fail_first=100) as receiver, pytest.raises(
-        delivery.DeliveryError, match=r"127.0.0.1.*after 3 attempt\(s\): HTTP 503"
+    with (
+        Receiver(fail_first=100) as receiver,
+        pytest.raises(delivery.DeliveryError, match=r"127.0.0.1.*after 3 attempt\(s\): HTTP 503"),
     ):
         delivery.post_json(receiver.url, [], "run-2", retries=2, sleep=lambda s: None)
     assert len(receiver.requests) == 3
@@ -73,23 +75,33 @@ def test_closed_port_fails_with_the_endpoint_named():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(delivery.DeliveryError, match=f"127.0.0.1:{port}"):
-        delivery.post_json(f"http://127.0.0.1:{port}/x", [], "k", retries=1, timeout=2,
-                           sleep=lambda s: None)
+        delivery.post_json(
+            f"http://127.0.0.1:{port}/x", [], "k", retries=1, timeout=2, sleep=lambda s: None
+        )
 
 
 def test_export_has_stable_columns_and_only_changes():
     plan = pd.DataFrame(
         {
-            "product_id": ["P1", "P2"], "category": ["toys", "home"],
-            "current_price": [10.0, 20.0], "new_price": [9.0, 20.0], "price_change": [-0.1, 0.0],
-            "unit_cost": [5.0, 8.0], "baseline_units": [10.0, 5.0], "expected_units": [12.0, 5.0],
-            "baseline_revenue": [100.0, 100.0], "expected_revenue": [108.0, 100.0],
-            "baseline_margin": [50.0, 60.0], "expected_margin": [48.0, 60.0],
-            "markdown_cost": [12.0, 0.0], "changed": [True, False],
+            "product_id": ["P1", "P2"],
+            "category": ["toys", "home"],
+            "current_price": [10.0, 20.0],
+            "new_price": [9.0, 20.0],
+            "price_change": [-0.1, 0.0],
+            "unit_cost": [5.0, 8.0],
+            "baseline_units": [10.0, 5.0],
+            "expected_units": [12.0, 5.0],
+            "baseline_revenue": [100.0, 100.0],
+            "expected_revenue": [108.0, 100.0],
+            "baseline_margin": [50.0, 60.0],
+            "expected_margin": [48.0, 60.0],
+            "markdown_cost": [12.0, 0.0],
+            "changed": [True, False],
         }
     )
-    catalog = pd.DataFrame({"product_id": ["P1", "P2"], "product_name": ["A", "B"],
-                            "currency": ["USD", "USD"]})
+    catalog = pd.DataFrame(
+        {"product_id": ["P1", "P2"], "product_name": ["A", "B"], "currency": ["USD", "USD"]}
+    )
     export = delivery.to_export(plan, catalog, "run-9", "US", "2026-11")
     assert list(export.columns) == delivery.EXPORT_COLUMNS
     assert export["product_id"].tolist() == ["P1"]

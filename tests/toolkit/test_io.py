@@ -40,8 +40,9 @@ def test_invalid_write_leaves_no_product_and_a_report(root_fixture, request):
 
 def test_text_in_numeric_column_is_reported_on_read(local_root):
     url = storage.join(local_root, "raw", "sales.parquet")
-    frame = demo_data.make_sales("US", demo_data.make_catalog("US", 5), start="2026-01-05",
-                                 end="2026-01-18")
+    frame = demo_data.make_sales(
+        "US", demo_data.make_catalog("US", 5), start="2026-01-05", end="2026-01-18"
+    )
     frame["units"] = frame["units"].astype(str)
     frame.loc[2, "units"] = "n/a"
     storage.Path(url).parent.mkdir(parents=True)

@@ -74,10 +74,20 @@ def test_examples_are_bounded(good):
 
 def plan_frame(**overrides):
     row = {
-        "product_id": "P0001", "category": "toys", "current_price": 10.0, "new_price": 8.0,
-        "price_change": -0.2, "unit_cost": 5.0, "baseline_units": 100.0, "expected_units": 150.0,
-        "baseline_revenue": 1000.0, "expected_revenue": 1200.0, "baseline_margin": 500.0,
-        "expected_margin": 450.0, "markdown_cost": 300.0, "changed": True,
+        "product_id": "P0001",
+        "category": "toys",
+        "current_price": 10.0,
+        "new_price": 8.0,
+        "price_change": -0.2,
+        "unit_cost": 5.0,
+        "baseline_units": 100.0,
+        "expected_units": 150.0,
+        "baseline_revenue": 1000.0,
+        "expected_revenue": 1200.0,
+        "baseline_margin": 500.0,
+        "expected_margin": 450.0,
+        "markdown_cost": 300.0,
+        "changed": True,
     }
     row.update(overrides)
     return pd.DataFrame([row])
@@ -88,13 +98,16 @@ CONSTRAINTS = {"max_discount": 0.25, "min_margin": 0.15, "markdown_budget": 1000
 
 def test_plan_contract_rechecks_optimizer_constraints():
     io.validate(plan_frame(), schemas.plan_contract(CONSTRAINTS))
-    _, message = failures(plan_frame(price_change=-0.3, new_price=7.0),
-                          schemas.plan_contract(CONSTRAINTS))
+    _, message = failures(
+        plan_frame(price_change=-0.3, new_price=7.0), schemas.plan_contract(CONSTRAINTS)
+    )
     assert "discount at most 25%" in message
     _, message = failures(plan_frame(markdown_cost=5000.0), schemas.plan_contract(CONSTRAINTS))
     assert "within budget" in message
-    _, message = failures(plan_frame(new_price=5.5, price_change=-0.45),
-                          schemas.plan_contract({**CONSTRAINTS, "max_discount": 0.5}))
+    _, message = failures(
+        plan_frame(new_price=5.5, price_change=-0.45),
+        schemas.plan_contract({**CONSTRAINTS, "max_discount": 0.5}),
+    )
     assert "keep margin" in message
     _, message = failures(plan_frame(), schemas.plan_contract({**CONSTRAINTS, "max_changes": 0}))
     assert "at most 0 price changes" in message
@@ -109,8 +122,15 @@ def test_export_column_order_is_enforced():
     from toolkit.delivery import EXPORT_COLUMNS
 
     row = {c: 1.0 for c in EXPORT_COLUMNS}
-    row.update(run_id="r", market="US", period="2026-11", product_id="P1", product_name="x",
-               category="toys", currency="USD")
+    row.update(
+        run_id="r",
+        market="US",
+        period="2026-11",
+        product_id="P1",
+        product_name="x",
+        category="toys",
+        currency="USD",
+    )
     frame = pd.DataFrame([row])
     io.validate(frame, schemas.Export)
     _, message = failures(frame[list(reversed(EXPORT_COLUMNS))], schemas.Export)

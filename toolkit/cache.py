@@ -1,0 +1,147 @@
+"""The step cache: outputs keyed by what determines them, immutable once published.
+
+A step's key hashes its notebook source, the toolkit code it runs, its parameters (its
+config section and the run identity) and its upstream steps' keys, plus the raw inputs'
+fingerprints for the step that reads them. Each execution publishes into a folder of its
+own, ``cache/market=../period=../category=../<step>/<key>/<attempt>/``, data first and
+``_MANIFEST.json`` last, so no key is ever rewritten and no reader sees a half-written
+step. Concurrent executions of one key both publish; readers take the earliest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from pathlib import Path
+from typing import Any
+
+from toolkit import storage
+
+__all__ = ["Hit", "code_fingerprint", "file_fingerprint", "lookup", "publish", "step_key"]
+
+MANIFEST = "_MANIFEST.json"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Modules that orchestrate rather than compute: editing them must not invalidate results.
+ORCHESTRATION_MODULES = {
+    "cli.py", "cli_dev.py", "runner.py", "runs.py", "cache.py", "executors.py", "app_api.py",
+    "notebooks.py", "contracts_doc.py", "backfill.py", "launch.py",
+}
+
+
+class Hit(dict):
+    """A published execution: ``url`` (its folder), ``run_id``, ``files`` and ``outputs``."""
+
+
+def _sha(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def code_fingerprint() -> str:
+    """Hash of the toolkit modules that steps call; any edit there re-runs the steps."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.glob("*.py")):
+        if path.name not in ORCHESTRATION_MODULES:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def file_fingerprint(url: str) -> str:
+    """Cheap identity of a stored file: its ETag or checksum, size and modification time."""
+    fs, path = storage.filesystem(url)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return "missing"
+    keys = ("ETag", "etag", "md5Hash", "size", "mtime", "LastModified", "last_modified")
+    return _sha(json.dumps({k: str(info[k]) for k in keys if k in info}, sort_keys=True))
+
+
+def step_key(step: str, source: str, params: dict, upstream_keys: dict[str, str],
+             inputs: dict[str, str] | None = None, code: str | None = None) -> str:
+    """The content key of one step execution."""
+    blob = json.dumps(
+        {
+            "step": step,
+            "source": _sha(source),
+            "code": code or code_fingerprint(),
+            "params": params,
+            "upstream": dict(sorted(upstream_keys.items())),
+            "inputs": dict(sorted((inputs or {}).items())),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return _sha(blob)[:32]
+
+
+def key_url(root: str, identity: dict[str, Any], step: str, key: str) -> str:
+    return storage.join(
+        root,
+        "cache",
+        f"market={identity['market']}",
+        f"period={identity['period']}",
+        f"category={identity['category'] or 'all'}",
+        step,
+        key,
+    )
+
+
+def lookup(root: str, identity: dict[str, Any], step: str, key: str,
+           warnings: list[str] | None = None) -> Hit | None:
+    """The earliest complete execution of ``key``, or None.
+
+    Only attempts with a readable manifest whose files all exist count; a corrupt
+    manifest is reported in ``warnings`` and ignored, so the step simply runs again.
+    """
+    base = key_url(root, identity, step, key)
+    complete = []
+    for attempt in storage.listdir(base):
+        url = storage.join(base, attempt)
+        try:
+            manifest = json.loads(storage.read_bytes(storage.join(url, MANIFEST)))
+            files = manifest["files"]
+        except FileNotFoundError:
+            continue  # still being written, or its writer died: invisible
+        except (ValueError, KeyError, TypeError) as exc:
+            if warnings is not None:
+                warnings.append(f"ignored corrupt cache manifest {url}/{MANIFEST}: {exc}")
+            continue
+        if not all(_has_size(storage.join(url, f["name"]), f["size"]) for f in files.values()):
+            if warnings is not None:
+                warnings.append(f"ignored incomplete cache entry {url}")
+            continue
+        complete.append((manifest.get("completed_at", ""), attempt, url, manifest))
+    if not complete:
+        return None
+    _, _, url, manifest = min(complete)
+    return Hit(
+        url=url,
+        run_id=manifest.get("run_id"),
+        files=manifest["files"],
+        outputs={name: storage.join(url, f["name"]) for name, f in manifest["files"].items()},
+    )
+
+
+def _has_size(url: str, size: int) -> bool:
+    fs, path = storage.filesystem(url)
+    try:
+        return int(fs.info(path)["size"]) == int(size)
+    except (FileNotFoundError, KeyError):
+        return False
+
+
+def publish(root: str, identity: dict[str, Any], step: str, key: str, attempt: str,
+            products: dict[str, str], run_id: str, completed_at: str) -> Hit:
+    """Upload a step's local products, then its manifest; return where they are."""
+    url = storage.join(key_url(root, identity, step, key), attempt)
+    files = {}
+    for name, local in products.items():
+        filename = posixpath.basename(str(local))
+        storage.upload_file(local, storage.join(url, filename))
+        files[name] = {"name": filename, "size": Path(local).stat().st_size}
+    manifest = {"step": step, "key": key, "run_id": run_id, "completed_at": completed_at,
+                "files": files}
+    storage.write_bytes(storage.join(url, MANIFEST), json.dumps(manifest, indent=2).encode())
+    return Hit(url=url, run_id=run_id, files=files,
+               outputs={name: storage.join(url, f["name"]) for name, f in files.items()})

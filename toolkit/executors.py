@@ -1,0 +1,151 @@
+"""Execute one step anywhere: a private workspace, upstream products fetched from storage,
+the notebook run by Ploomber, outputs published to the cache. Plus the executors that
+schedule such executions: in this process (serial) or on Dask (see ``DaskExecutor``).
+
+``execute_step`` takes and returns plain data, so it runs unchanged on another machine
+that shares nothing with the launcher but the storage root.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import shutil
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SerialExecutor", "execute_step", "make_executor"]
+
+
+def _local_products(task) -> dict[str, str]:
+    serial = task.product.to_json_serializable()
+    return serial if isinstance(serial, dict) else {"data": serial}
+
+
+def execute_step(request: dict[str, Any]) -> dict[str, Any]:
+    """Run one step of a run and publish its outputs.
+
+    Args:
+        request: ``root``, ``run_id``, ``step``, ``env`` (Ploomber env values), ``key``,
+            ``attempt``, ``timeout``, ``identity`` and ``upstream`` (step -> product ->
+            URL of the published upstream outputs).
+
+    Returns:
+        ``status`` ("succeeded" or "failed") with ``outputs``/``url`` or ``error``,
+        ``report`` (contract failures) and ``debug`` (URLs of the partial notebook and
+        reports kept under the run).
+    """
+    from ploomber.constants import TaskStatus
+    from ploomber.products import File
+
+    from toolkit import cache, pipeline, runs, storage
+
+    os.environ["TOOLKIT_ROOT"] = request["root"]  # the worker writes where the run lives
+    step = request["step"]
+    workspace = Path(tempfile.mkdtemp(prefix=f"toolkit-{step}-"))
+    started = runs.now()
+    try:
+        dag = pipeline.load_dag({**request["env"], "build_dir": str(workspace)})
+        if File in dag.clients:
+            del dag.clients[File]  # this layer, not Ploomber's client, publishes outputs
+        for upstream_step, urls in request["upstream"].items():
+            upstream_products = _local_products(dag[upstream_step])
+            for name, url in urls.items():
+                storage.download_file(url, upstream_products[name])
+        task = dag[step]
+        # papermill has no execution timeout by default: a hung cell must fail the step.
+        task.executor_params["execution_timeout"] = int(request["timeout"])
+        dag.render(force=True, show_progress=False)
+        for upstream_task in task.upstream.values():
+            # Their products were fetched from storage above; Ploomber must not rebuild them.
+            upstream_task.exec_status = TaskStatus.Skipped
+        try:
+            # The executor-facing build (what Ploomber's own executors call): runs the
+            # notebook, its on_failure hook, and raises TaskBuildError on failure.
+            task._build(catch_exceptions=True)
+        except Exception as exc:  # Ploomber wraps the notebook's error
+            return _failure(request, task, exc, started)
+        hit = cache.publish(
+            request["root"], request["identity"], step, request["key"], request["attempt"],
+            _local_products(task), request["run_id"], runs.now(),
+        )
+        return {"status": "succeeded", "url": hit["url"], "outputs": hit["outputs"],
+                "started_at": started, "finished_at": runs.now()}
+    except Exception as exc:  # storage or set-up failure: still a readable step failure
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=8), "started_at": started,
+                "finished_at": runs.now(), "report": [], "debug": {}}
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _failure(request, task, exc, started) -> dict[str, Any]:
+    """Keep the partial notebook and contract reports under the run, never in the cache."""
+    import json
+
+    from toolkit import runs, storage
+
+    folder = Path(str(task.product["nb"])).parent
+    target = runs.run_url(request["run_id"], "steps", request["step"], request["attempt"],
+                          root=request["root"])
+    debug, report = {}, []
+    for path in sorted(folder.glob("*.failed.ipynb")) + sorted(folder.glob("*.ipynb")):
+        debug.setdefault("notebook", storage.join(target, path.name))
+        storage.upload_file(path, storage.join(target, path.name))
+        break
+    for path in sorted(folder.glob("*.validation.json")):
+        storage.upload_file(path, storage.join(target, path.name))
+        debug.setdefault("reports", []).append(storage.join(target, path.name))
+        report.append(json.loads(path.read_text()))
+    return {"status": "failed", "error": _root_cause(exc), "report": report, "debug": debug,
+            "traceback": "".join(traceback.format_exception(exc, limit=4))[-4000:],
+            "started_at": started, "finished_at": runs.now()}
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error message: the notebook's own exception, not Ploomber's wrapper."""
+    seen = exc
+    while seen.__cause__ is not None or seen.__context__ is not None:
+        seen = seen.__cause__ or seen.__context__
+    text = str(seen).strip()
+    # papermill's PapermillExecutionError carries the cell's exception name and value.
+    ename, evalue = getattr(seen, "ename", None), getattr(seen, "evalue", None)
+    if ename:
+        text = f"{ename}: {evalue}"
+    return text[-3000:] or type(seen).__name__
+
+
+class SerialExecutor:
+    """Runs each step in this process, one at a time: the default."""
+
+    name = "serial"
+
+    def submit(self, fn, *args) -> cf.Future:
+        future: cf.Future = cf.Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller via the future
+            future.set_exception(exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+        return future
+
+    def wait_any(self, futures):
+        done = [f for f in futures if f.done()]
+        return done, [f for f in futures if not f.done()]
+
+    def close(self) -> None:
+        pass
+
+
+def make_executor(name: str = "serial", **options):
+    """An executor by name: ``serial`` or ``dask``."""
+    if name == "serial":
+        return SerialExecutor()
+    if name == "dask":
+        from toolkit.dask_executor import DaskExecutor
+
+        return DaskExecutor(**options)
+    raise ValueError(f"unknown executor {name!r}; choose serial or dask")
