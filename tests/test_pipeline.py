@@ -117,26 +117,38 @@ def test_underperformers_find_the_declining_products(built):
     assert len(found) >= len(declining) // 2
 
 
+def latest_record(root):
+    env = environment(root, root.parent / "build")
+    rows = json.loads(run([str(BIN / "toolkit"), "runs", "list", "--json"], env).stdout)
+    shown = run([str(BIN / "toolkit"), "runs", "show", rows[0]["id"], "--json"], env).stdout
+    return json.loads(shown)
+
+
 def test_both_entry_points_agree(built):
     (p_root, _), (t_root, t_result) = built["ploomber"], built["toolkit"]
-    for step, name in [
-        ("load_transform", "weekly_sales.parquet"),
-        ("forecast", "forecasts.parquet"),
-        ("optimize", "plan.parquet"),
+    record = latest_record(t_root)
+    assert record["status"] == "succeeded" and record["market"] == "NO"
+    for step, product, name in [
+        ("load_transform", "data", "weekly_sales.parquet"),
+        ("forecast", "data", "forecasts.parquet"),
+        ("optimize", "data", "plan.parquet"),
     ]:
         a = pd.read_parquet(storage.join(products(p_root), step, name))
-        b = pd.read_parquet(storage.join(products(t_root), step, name))
+        b = pd.read_parquet(record["steps"][step]["outputs"][product])
         pd.testing.assert_frame_equal(a, b)
     a = pd.read_csv(storage.join(products(p_root), "format_output", "recommendations.csv"))
-    b = pd.read_csv(storage.join(products(t_root), "format_output", "recommendations.csv"))
-    pd.testing.assert_frame_equal(a, b)
-    assert "format_output" in t_result.stdout
+    b = pd.read_csv(record["steps"]["format_output"]["outputs"]["csv"])
+    # The same recommendations; each entry point names its own run.
+    pd.testing.assert_frame_equal(a.drop(columns="run_id"), b.drop(columns="run_id"))
+    assert set(b["run_id"]) == {record["id"]}
+    assert f"run {record['id']}" in t_result.stdout
 
 
 def test_summary_reports_changes_error_and_locations(built):
-    root, _ = built["toolkit"]
+    root, result = built["toolkit"]
     env = environment(root, root.parent / "build")
-    out = run([str(BIN / "toolkit"), "summary", "--patch", "country=NO"], env).stdout
+    out = run([str(BIN / "toolkit"), "summary"], env).stdout
+    assert out.strip() in result.stdout  # `toolkit run` ends with the same summary
     assert "Recommendations for NO 2026-11" in out
     assert "seasonal naive" in out
     assert str(root) in out
@@ -157,8 +169,9 @@ def test_config_edit_reruns_exactly_the_affected_steps(built, tmp_path):
         ],
         env,
     ).stdout
-    assert "optimize (ran)" in out and "format_output (ran)" in out
-    assert "load_transform (up to date)" in out and "forecast (up to date)" in out
+    assert "optimize: running" in out and "format_output: running" in out
+    for step in ("load_transform", "identify_underperformers", "forecast"):
+        assert f"{step}: reused from run" in out
 
 
 def test_broken_raw_file_stops_load_transform_with_a_report(tmp_path):
@@ -174,10 +187,11 @@ def test_broken_raw_file_stops_load_transform_with_a_report(tmp_path):
     assert result.returncode == 1
     assert "step 'load_transform' failed" in result.stderr
     assert "column 'units'" in result.stderr and "'seven'" in result.stderr
-    step_dir = build_dir / "market=US/period=2026-11/category=all/load_transform"
-    report = json.loads((step_dir / "sales.validation.json").read_text())
-    assert report["failures"][0]["column"] == "units"
-    for name in ["weekly_sales.parquet", "catalog.parquet", "load_transform.ipynb"]:
-        assert not (step_dir / name).exists(), name
-        assert not storage.exists(storage.join(products(root, "US"), "load_transform", name))
-    assert (step_dir / "load_transform.failed.ipynb").exists()
+    record = latest_record(root)
+    step = record["steps"]["load_transform"]
+    assert step["status"] == "failed"
+    assert step["report"][0]["failures"][0]["column"] == "units"
+    # Nothing was published for the step; its partial notebook is kept under the run.
+    assert not storage.exists(storage.join(str(root), "cache"))
+    assert storage.exists(step["debug"]["notebook"])
+    assert f"/runs/{record['id']}/" in step["debug"]["notebook"]

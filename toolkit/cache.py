@@ -24,8 +24,17 @@ MANIFEST = "_MANIFEST.json"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Modules that orchestrate rather than compute: editing them must not invalidate results.
 ORCHESTRATION_MODULES = {
-    "cli.py", "cli_dev.py", "runner.py", "runs.py", "cache.py", "executors.py", "app_api.py",
-    "notebooks.py", "contracts_doc.py", "backfill.py", "launch.py",
+    "cli.py",
+    "cli_dev.py",
+    "runner.py",
+    "runs.py",
+    "cache.py",
+    "executors.py",
+    "app_api.py",
+    "notebooks.py",
+    "contracts_doc.py",
+    "backfill.py",
+    "launch.py",
 }
 
 
@@ -57,8 +66,14 @@ def file_fingerprint(url: str) -> str:
     return _sha(json.dumps({k: str(info[k]) for k in keys if k in info}, sort_keys=True))
 
 
-def step_key(step: str, source: str, params: dict, upstream_keys: dict[str, str],
-             inputs: dict[str, str] | None = None, code: str | None = None) -> str:
+def step_key(
+    step: str,
+    source: str,
+    params: dict,
+    upstream_keys: dict[str, str],
+    inputs: dict[str, str] | None = None,
+    code: str | None = None,
+) -> str:
     """The content key of one step execution."""
     blob = json.dumps(
         {
@@ -87,8 +102,9 @@ def key_url(root: str, identity: dict[str, Any], step: str, key: str) -> str:
     )
 
 
-def lookup(root: str, identity: dict[str, Any], step: str, key: str,
-           warnings: list[str] | None = None) -> Hit | None:
+def lookup(
+    root: str, identity: dict[str, Any], step: str, key: str, warnings: list[str] | None = None
+) -> Hit | None:
     """The earliest complete execution of ``key``, or None.
 
     Only attempts with a readable manifest whose files all exist count; a corrupt
@@ -131,8 +147,16 @@ def _has_size(url: str, size: int) -> bool:
         return False
 
 
-def publish(root: str, identity: dict[str, Any], step: str, key: str, attempt: str,
-            products: dict[str, str], run_id: str, completed_at: str) -> Hit:
+def publish(
+    root: str,
+    identity: dict[str, Any],
+    step: str,
+    key: str,
+    attempt: str,
+    products: dict[str, str],
+    run_id: str,
+    completed_at: str,
+) -> Hit:
     """Upload a step's local products, then its manifest; return where they are."""
     url = storage.join(key_url(root, identity, step, key), attempt)
     files = {}
@@ -140,8 +164,17 @@ def publish(root: str, identity: dict[str, Any], step: str, key: str, attempt: s
         filename = posixpath.basename(str(local))
         storage.upload_file(local, storage.join(url, filename))
         files[name] = {"name": filename, "size": Path(local).stat().st_size}
-    manifest = {"step": step, "key": key, "run_id": run_id, "completed_at": completed_at,
-                "files": files}
+    manifest = {
+        "step": step,
+        "key": key,
+        "run_id": run_id,
+        "completed_at": completed_at,
+        "files": files,
+    }
     storage.write_bytes(storage.join(url, MANIFEST), json.dumps(manifest, indent=2).encode())
-    return Hit(url=url, run_id=run_id, files=files,
-               outputs={name: storage.join(url, f["name"]) for name, f in files.items()})
+    return Hit(
+        url=url,
+        run_id=run_id,
+        files=files,
+        outputs={name: storage.join(url, f["name"]) for name, f in files.items()},
+    )

@@ -84,8 +84,12 @@ def demo_data_command(markets, n_products, seed) -> None:
 @_config_option
 @click.option("--force", is_flag=True, help="Re-execute every step, ignoring the cache.")
 @click.option("--run-id", default=None, hidden=True, help="Use this id (the app picks one).")
-@click.option("--executor", type=click.Choice(["serial", "dask"]), default=None,
-              help="Where steps run (default: config execution.executor).")
+@click.option(
+    "--executor",
+    type=click.Choice(["serial", "dask"]),
+    default=None,
+    help="Where steps run (default: config execution.executor).",
+)
 @click.option("--workers", type=int, default=None, help="Dask LocalCluster workers.")
 @click.option("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786.")
 def run_command(patches, configs, force, run_id, executor, workers, scheduler) -> None:
@@ -95,8 +99,16 @@ def run_command(patches, configs, force, run_id, executor, workers, scheduler) -
     resolved = _resolve_or_exit(configs, patches)
     executor, options = _executor_choice(resolved, executor, workers, scheduler)
     try:
-        record = runner.start(resolved, configs, patches, force=force, run_id=run_id,
-                              executor=executor, executor_options=options, progress=_progress)
+        record = runner.start(
+            resolved,
+            configs,
+            patches,
+            force=force,
+            run_id=run_id,
+            executor=executor,
+            executor_options=options,
+            progress=_progress,
+        )
     except runner.RunFailed as exc:
         click.echo(f"\n{exc}", err=True)
         sys.exit(1)
@@ -112,9 +124,11 @@ def _executor_choice(resolved, executor, workers, scheduler):
     name = executor or getattr(execution, "executor", "serial")
     options = {}
     if name == "dask":
-        options = {"workers": workers or getattr(execution, "workers", 2),
-                   "scheduler": scheduler or getattr(execution, "scheduler", None),
-                   "retries": getattr(execution, "retries", 2)}
+        options = {
+            "workers": workers or getattr(execution, "workers", 2),
+            "scheduler": scheduler or getattr(execution, "scheduler", None),
+            "retries": getattr(execution, "retries", 2),
+        }
     return name, options
 
 
@@ -149,7 +163,7 @@ def resume_command(run_id) -> None:
 @click.argument("run_id", required=False)
 def summary_command(run_id) -> None:
     """Top changes, forecast error and outputs of a run (default: the latest that succeeded)."""
-    from toolkit import runner, runs
+    from toolkit import runner
 
     record = _record_or_exit(run_id) if run_id else _latest_succeeded()
     click.echo(runner.summary(record))
@@ -192,23 +206,30 @@ def runs_list(as_json, status, market) -> None:
     from toolkit import runs
 
     rows = [runs.summary_row(r) for r in runs.list_runs()]
-    rows = [r for r in rows if (not status or r["status"] == status)
-            and (not market or r["market"] == market.upper())]
+    rows = [
+        r
+        for r in rows
+        if (not status or r["status"] == status) and (not market or r["market"] == market.upper())
+    ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         click.echo("no runs yet")
         return
-    header = f"{'RUN':<40} {'STATUS':<12} {'MARKET':<6} {'PERIOD':<8} {'LAUNCHER':<12} " \
-             f"{'STARTED':<20} {'DURATION':>9}"
+    header = (
+        f"{'RUN':<40} {'STATUS':<12} {'MARKET':<6} {'PERIOD':<8} {'LAUNCHER':<12} "
+        f"{'STARTED':<20} {'DURATION':>9}"
+    )
     click.echo(header)
     for r in rows:
         started = (r["started_at"] or "")[:19].replace("T", " ")
         duration = f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"
-        click.echo(f"{r['id']:<40} {r['status']:<12} {r['market'] or '-':<6} "
-                   f"{r['period'] or '-':<8} {str(r['launcher'] or '-')[:12]:<12} "
-                   f"{started:<20} {duration:>9}")
+        click.echo(
+            f"{r['id']:<40} {r['status']:<12} {r['market'] or '-':<6} "
+            f"{r['period'] or '-':<8} {str(r['launcher'] or '-')[:12]:<12} "
+            f"{started:<20} {duration:>9}"
+        )
 
 
 @runs_group.command("show")
@@ -220,16 +241,23 @@ def runs_show(run_id, as_json) -> None:
 
     record = _record_or_exit(run_id)
     if as_json:
-        out = {**runs.summary_row(record), "config": record.get("config"),
-               "origins": record.get("origins"), "steps": record.get("steps"),
-               "error": record.get("error"), "versions": record.get("versions"),
-               "git_commit": record.get("git_commit")}
+        out = {
+            **runs.summary_row(record),
+            "config": record.get("config"),
+            "origins": record.get("origins"),
+            "steps": record.get("steps"),
+            "error": record.get("error"),
+            "versions": record.get("versions"),
+            "git_commit": record.get("git_commit"),
+        }
         click.echo(json.dumps(out, indent=2, default=str))
         return
     row = runs.summary_row(record)
-    click.echo(f"run {row['id']}: {row['status']}, {row['market']} {row['period']} "
-               f"{row['category'] or 'all'}, launched by {row['launcher']}, "
-               f"{row['duration_s'] or 0:.0f}s")
+    click.echo(
+        f"run {row['id']}: {row['status']}, {row['market']} {row['period']} "
+        f"{row['category'] or 'all'}, launched by {row['launcher']}, "
+        f"{row['duration_s'] or 0:.0f}s"
+    )
     click.echo("\nconfig:")
     for key, origin in (record.get("origins") or {}).items():
         click.echo(f"  {key} = {json.dumps(_lookup(record['config'], key))}  # {origin}")

@@ -68,15 +68,32 @@ def execute_step(request: dict[str, Any]) -> dict[str, Any]:
         except Exception as exc:  # Ploomber wraps the notebook's error
             return _failure(request, task, exc, started)
         hit = cache.publish(
-            request["root"], request["identity"], step, request["key"], request["attempt"],
-            _local_products(task), request["run_id"], runs.now(),
+            request["root"],
+            request["identity"],
+            step,
+            request["key"],
+            request["attempt"],
+            _local_products(task),
+            request["run_id"],
+            runs.now(),
         )
-        return {"status": "succeeded", "url": hit["url"], "outputs": hit["outputs"],
-                "started_at": started, "finished_at": runs.now()}
+        return {
+            "status": "succeeded",
+            "url": hit["url"],
+            "outputs": hit["outputs"],
+            "started_at": started,
+            "finished_at": runs.now(),
+        }
     except Exception as exc:  # storage or set-up failure: still a readable step failure
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(limit=8), "started_at": started,
-                "finished_at": runs.now(), "report": [], "debug": {}}
+        return {
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=8),
+            "started_at": started,
+            "finished_at": runs.now(),
+            "report": [],
+            "debug": {},
+        }
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
 
@@ -88,8 +105,9 @@ def _failure(request, task, exc, started) -> dict[str, Any]:
     from toolkit import runs, storage
 
     folder = Path(str(task.product["nb"])).parent
-    target = runs.run_url(request["run_id"], "steps", request["step"], request["attempt"],
-                          root=request["root"])
+    target = runs.run_url(
+        request["run_id"], "steps", request["step"], request["attempt"], root=request["root"]
+    )
     debug, report = {}, []
     for path in sorted(folder.glob("*.failed.ipynb")) + sorted(folder.glob("*.ipynb")):
         debug.setdefault("notebook", storage.join(target, path.name))
@@ -99,9 +117,15 @@ def _failure(request, task, exc, started) -> dict[str, Any]:
         storage.upload_file(path, storage.join(target, path.name))
         debug.setdefault("reports", []).append(storage.join(target, path.name))
         report.append(json.loads(path.read_text()))
-    return {"status": "failed", "error": _root_cause(exc), "report": report, "debug": debug,
-            "traceback": "".join(traceback.format_exception(exc, limit=4))[-4000:],
-            "started_at": started, "finished_at": runs.now()}
+    return {
+        "status": "failed",
+        "error": _root_cause(exc),
+        "report": report,
+        "debug": debug,
+        "traceback": "".join(traceback.format_exception(exc, limit=4))[-4000:],
+        "started_at": started,
+        "finished_at": runs.now(),
+    }
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -36,13 +36,15 @@ def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, A
     rows = []
     for key in sorted(set(left) | set(right)):
         if left.get(key) != right.get(key):
-            rows.append({
-                "key": key,
-                "a": left.get(key),
-                "b": right.get(key),
-                "a_origin": (a.get("origins") or {}).get(key),
-                "b_origin": (b.get("origins") or {}).get(key),
-            })
+            rows.append(
+                {
+                    "key": key,
+                    "a": left.get(key),
+                    "b": right.get(key),
+                    "a_origin": (a.get("origins") or {}).get(key),
+                    "b_origin": (b.get("origins") or {}).get(key),
+                }
+            )
     return rows
 
 
@@ -61,8 +63,10 @@ def diff_text(diff: dict[str, Any]) -> str:
     if not diff["config"]:
         lines.append("  none")
     for row in diff["config"]:
-        lines.append(f"  {row['key']}: {json.dumps(row['a'])} -> {json.dumps(row['b'])}"
-                     f"   ({row['a_origin']} -> {row['b_origin']})")
+        lines.append(
+            f"  {row['key']}: {json.dumps(row['a'])} -> {json.dumps(row['b'])}"
+            f"   ({row['a_origin']} -> {row['b_origin']})"
+        )
     lines += ["", "KPI deltas (b - a):"]
     if not diff["kpis"]:
         lines.append("  no KPIs on one side (did both runs finish?)")

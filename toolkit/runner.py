@@ -121,8 +121,14 @@ class _Heartbeat(threading.Thread):
 # ---------------------------------------------------------------------------
 
 
-def create(resolved: config_mod.ResolvedConfig, configs=(), patches=(), run_id=None,
-           executor: str = "serial", force: bool = False) -> dict[str, Any]:
+def create(
+    resolved: config_mod.ResolvedConfig,
+    configs=(),
+    patches=(),
+    run_id=None,
+    executor: str = "serial",
+    force: bool = False,
+) -> dict[str, Any]:
     """Write a new run's frozen config and its ``queued`` record; return the record."""
     root = storage.root()
     cfg = resolved.config
@@ -157,18 +163,28 @@ def create(resolved: config_mod.ResolvedConfig, configs=(), patches=(), run_id=N
     return record
 
 
-def start(resolved: config_mod.ResolvedConfig, configs=(), patches=(), *, force=False,
-          run_id=None, executor="serial", executor_options=None,
-          progress: Progress = print) -> dict[str, Any]:
+def start(
+    resolved: config_mod.ResolvedConfig,
+    configs=(),
+    patches=(),
+    *,
+    force=False,
+    run_id=None,
+    executor="serial",
+    executor_options=None,
+    progress: Progress = print,
+) -> dict[str, Any]:
     """Create a run and execute it. Returns the final record; raises ``RunFailed``."""
     record = create(resolved, configs, patches, run_id=run_id, executor=executor, force=force)
     progress(f"run {record['id']}")
-    return execute(record, force=force, executor=executor,
-                   executor_options=executor_options, progress=progress)
+    return execute(
+        record, force=force, executor=executor, executor_options=executor_options, progress=progress
+    )
 
 
-def resume(run_id: str, progress: Progress = print, executor=None,
-           executor_options=None) -> dict[str, Any]:
+def resume(
+    run_id: str, progress: Progress = print, executor=None, executor_options=None
+) -> dict[str, Any]:
     """Finish an interrupted or failed run, re-executing only its unfinished steps."""
     record = runs.load(run_id)
     status = record["status"]
@@ -182,8 +198,13 @@ def resume(run_id: str, progress: Progress = print, executor=None,
         return record
     record["status"] = record.pop("stored_status", status)
     record.setdefault("resumed", []).append(runs.now())
-    return execute(record, force=False, executor=executor or record.get("executor", "serial"),
-                   executor_options=executor_options, progress=progress)
+    return execute(
+        record,
+        force=False,
+        executor=executor or record.get("executor", "serial"),
+        executor_options=executor_options,
+        progress=progress,
+    )
 
 
 def cancel(run_id: str) -> None:
@@ -236,16 +257,30 @@ def _key_params(task) -> dict[str, Any]:
 def _raw_inputs(root: str, market: str) -> dict[str, str]:
     """Fingerprints of the market's raw files, for the steps that read them."""
     base = storage.join(root, "raw", f"market={market}")
-    return {name: cache.file_fingerprint(storage.join(base, name)) for name in storage.listdir(base)}
+    return {
+        name: cache.file_fingerprint(storage.join(base, name)) for name in storage.listdir(base)
+    }
 
 
-def execute(record: dict[str, Any], *, force=False, executor="serial", executor_options=None,
-            progress: Progress = print) -> dict[str, Any]:
+def execute(
+    record: dict[str, Any],
+    *,
+    force=False,
+    executor="serial",
+    executor_options=None,
+    progress: Progress = print,
+) -> dict[str, Any]:
     """Walk the DAG: reuse cached steps, execute the others, keep the record current."""
     root = record["root"]
     recorder = _Recorder(record, root, progress)
-    recorder.update(status="running", started_at=record.get("started_at") or runs.now(),
-                    heartbeat_at=runs.now(), finished_at=None, error=None, pid=_pid())
+    recorder.update(
+        status="running",
+        started_at=record.get("started_at") or runs.now(),
+        heartbeat_at=runs.now(),
+        finished_at=None,
+        error=None,
+        pid=_pid(),
+    )
     beat = _Heartbeat(recorder, float(record.get("heartbeat_seconds", runs.HEARTBEAT_SECONDS)))
     beat.start()
     pool = None
@@ -253,8 +288,11 @@ def execute(record: dict[str, Any], *, force=False, executor="serial", executor_
         env, dag = _plan(record)
         order = _topological(dag)
         upstream_of = {name: list(dag[name].upstream) for name in order}
-        identity = {"market": record["market"], "period": record["period"],
-                    "category": record["category"]}
+        identity = {
+            "market": record["market"],
+            "period": record["period"],
+            "category": record["category"],
+        }
         timeout = int(record["config"]["execution"]["step_timeout_seconds"])
         code = cache.code_fingerprint()
         pool = executors.make_executor(executor, **(executor_options or {}))
@@ -271,8 +309,12 @@ def execute(record: dict[str, Any], *, force=False, executor="serial", executor_
                 task = dag[name]
                 inputs = _raw_inputs(root, record["market"]) if not upstream_of[name] else {}
                 keys[name] = cache.step_key(
-                    name, Path(str(task.source.loc)).read_text(), _key_params(task),
-                    {u: keys[u] for u in upstream_of[name]}, inputs, code,
+                    name,
+                    Path(str(task.source.loc)).read_text(),
+                    _key_params(task),
+                    {u: keys[u] for u in upstream_of[name]},
+                    inputs,
+                    code,
                 )
                 position = f"[{order.index(name) + 1}/{total}] {name}"
                 warnings: list[str] = []
@@ -284,22 +326,38 @@ def execute(record: dict[str, Any], *, force=False, executor="serial", executor_
                     outputs[name] = hit["outputs"]
                     own = hit["run_id"] == record["id"]
                     recorder.step(
-                        name, status="succeeded" if own else "reused", reused=not own,
-                        reused_from=None if own else hit["run_id"], cache_key=keys[name],
-                        outputs=hit["outputs"], url=hit["url"], error=None,
+                        name,
+                        status="succeeded" if own else "reused",
+                        reused=not own,
+                        reused_from=None if own else hit["run_id"],
+                        cache_key=keys[name],
+                        outputs=hit["outputs"],
+                        url=hit["url"],
+                        error=None,
                         duration_s=previous.get("duration_s") if own else 0.0,
                     )
                     how = "already done" if own else f"reused from run {hit['run_id']}"
                     recorder.event(f"{position}: {how}")
                     continue
                 attempt = f"{record['id']}.{len(previous.get('attempts', [])) + 1}"
-                recorder.step(name, status="running", cache_key=keys[name], reused=False,
-                              started_at=runs.now(), attempts=previous.get("attempts", [])
-                              + [attempt], error=None)
+                recorder.step(
+                    name,
+                    status="running",
+                    cache_key=keys[name],
+                    reused=False,
+                    started_at=runs.now(),
+                    attempts=previous.get("attempts", []) + [attempt],
+                    error=None,
+                )
                 recorder.event(f"{position}: running")
                 request = {
-                    "root": root, "run_id": record["id"], "step": name, "env": env,
-                    "key": keys[name], "attempt": attempt, "timeout": timeout,
+                    "root": root,
+                    "run_id": record["id"],
+                    "step": name,
+                    "env": env,
+                    "key": keys[name],
+                    "attempt": attempt,
+                    "timeout": timeout,
                     "identity": identity,
                     "upstream": {u: outputs[u] for u in upstream_of[name]},
                 }
@@ -312,20 +370,34 @@ def execute(record: dict[str, Any], *, force=False, executor="serial", executor_
                 duration = _seconds(result.get("started_at"), result.get("finished_at"))
                 if result["status"] == "succeeded":
                     outputs[name] = result["outputs"]
-                    recorder.step(name, status="succeeded", outputs=result["outputs"],
-                                  url=result["url"], finished_at=result["finished_at"],
-                                  duration_s=duration)
+                    recorder.step(
+                        name,
+                        status="succeeded",
+                        outputs=result["outputs"],
+                        url=result["url"],
+                        finished_at=result["finished_at"],
+                        duration_s=duration,
+                    )
                     recorder.event(f"{position}: done in {duration:.1f}s")
                 else:
                     failed = True
-                    recorder.step(name, status="failed", error=result["error"],
-                                  report=result.get("report", []), debug=result.get("debug", {}),
-                                  traceback=result.get("traceback"),
-                                  finished_at=result.get("finished_at"), duration_s=duration)
+                    recorder.step(
+                        name,
+                        status="failed",
+                        error=result["error"],
+                        report=result.get("report", []),
+                        debug=result.get("debug", {}),
+                        traceback=result.get("traceback"),
+                        finished_at=result.get("finished_at"),
+                        duration_s=duration,
+                    )
                     recorder.event(f"{position}: failed: {result['error'].splitlines()[-1]}")
         if failed:
-            recorder.update(status="failed", finished_at=runs.now(),
-                            error="a step failed; see its error and report")
+            recorder.update(
+                status="failed",
+                finished_at=runs.now(),
+                error="a step failed; see its error and report",
+            )
             raise RunFailed(record)
         recorder.update(status="succeeded", finished_at=runs.now())
         return record
@@ -342,8 +414,9 @@ def execute(record: dict[str, Any], *, force=False, executor="serial", executor_
     except RunFailed:
         raise
     except Exception as exc:
-        recorder.update(status="failed", finished_at=runs.now(),
-                        error=f"{type(exc).__name__}: {exc}")
+        recorder.update(
+            status="failed", finished_at=runs.now(), error=f"{type(exc).__name__}: {exc}"
+        )
         raise
     finally:
         beat.stop()
@@ -398,8 +471,10 @@ def _report_text(report: dict[str, Any]) -> str:
 
 def describe(record: dict[str, Any]) -> str:
     """Where a finished run's outputs are, step by step."""
-    lines = [f"run {record['id']}: {record['status']} "
-             f"({record['market']} {record['period']} {record.get('category') or 'all'})"]
+    lines = [
+        f"run {record['id']}: {record['status']} "
+        f"({record['market']} {record['period']} {record.get('category') or 'all'})"
+    ]
     for name, step in record.get("steps", {}).items():
         state = step.get("status")
         if step.get("reused"):

@@ -146,13 +146,29 @@ def git_commit() -> str | None:
         return None
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True,
-            timeout=10, check=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "notebooks", "configs", "toolkit",
-             "pipeline.yaml"],
-            cwd=PROJECT_DIR, capture_output=True, text=True, timeout=10, check=True,
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--",
+                "notebooks",
+                "configs",
+                "toolkit",
+                "pipeline.yaml",
+            ],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
