@@ -16,7 +16,19 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SerialExecutor", "execute_step", "make_executor"]
+__all__ = ["SerialExecutor", "crash_point", "execute_step", "make_executor"]
+
+
+def crash_point(name: str) -> None:
+    """Fault injection for the crash tests: SIGKILL this process at a named point.
+
+    ``TOOLKIT_CRASH_AT=<step>:<point>`` (points: before-manifest, after-publish) is read
+    only here; without it this does nothing.
+    """
+    if os.environ.get("TOOLKIT_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _local_products(task) -> dict[str, str]:
@@ -76,6 +88,7 @@ def execute_step(request: dict[str, Any]) -> dict[str, Any]:
             _local_products(task),
             request["run_id"],
             runs.now(),
+            before_manifest=lambda: crash_point(f"{step}:before-manifest"),
         )
         return {
             "status": "succeeded",

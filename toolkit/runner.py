@@ -369,6 +369,7 @@ def execute(
                 position = f"[{order.index(name) + 1}/{total}] {name}"
                 duration = _seconds(result.get("started_at"), result.get("finished_at"))
                 if result["status"] == "succeeded":
+                    executors.crash_point(f"{name}:after-publish")
                     outputs[name] = result["outputs"]
                     recorder.step(
                         name,

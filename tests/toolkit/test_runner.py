@@ -1,0 +1,363 @@
+"""Runs on a real S3 API (moto over HTTP) and on local disk: isolated, cached, resumable."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from toolkit import cache, demo_data, runs, storage
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+TOOLKIT = [sys.executable, "-m", "toolkit.cli"]
+
+
+def toolkit_env(root, **extra):
+    env = dict(os.environ, TOOLKIT_ROOT=str(root), TOOLKIT_HEARTBEAT_SECONDS="1")
+    env.update(PLOOMBER_STATS_ENABLED="false", **extra)
+    return env
+
+
+def toolkit(args, env, check=True, cwd=PROJECT_DIR, timeout=600):
+    result = subprocess.run(
+        TOOLKIT + args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"toolkit {args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def record_of(root, run_id):
+    os.environ["TOOLKIT_ROOT"] = str(root)
+    return runs.load(run_id, root=str(root))
+
+
+def run_id_from(output: str) -> str:
+    return next(line.split()[1] for line in output.splitlines() if line.startswith("run "))
+
+
+def plan_of(record):
+    import io
+
+    return pd.read_parquet(
+        io.BytesIO(storage.read_bytes(record["steps"]["optimize"]["outputs"]["data"]))
+    )
+
+
+def export_of(record):
+    import io
+
+    data = storage.read_bytes(record["steps"]["format_output"]["outputs"]["csv"])
+    return pd.read_csv(io.BytesIO(data)).drop(columns="run_id")
+
+
+@pytest.fixture(scope="module")
+def s3_env(s3_server):
+    """Credentials and endpoint for the moto server, for this module's processes."""
+    values = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_server,
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    yield values
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def new_bucket(s3_env, name) -> str:
+    import boto3
+
+    boto3.client(
+        "s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1"
+    ).create_bucket(Bucket=name)
+    return f"s3://{name}/toolkit"
+
+
+@pytest.fixture(scope="module")
+def baseline(s3_env):
+    """One finished run on S3 with small demo data; later tests build on its cache."""
+    root = new_bucket(s3_env, "runs-baseline")
+    os.environ["TOOLKIT_ROOT"] = root
+    demo_data.write(["US"], n_products=30, root=root)
+    result = toolkit(["run"], toolkit_env(root))
+    return root, run_id_from(result.stdout)
+
+
+def test_run_prints_id_progress_and_outputs_and_records_everything(baseline):
+    root, run_id = baseline
+    record = record_of(root, run_id)
+    assert record["status"] == "succeeded"
+    assert record["launcher"] and record["versions"]["ploomber"] == "0.23.3"
+    assert record["origins"]["optimize.weights.margin"] == "configs/defaults.yaml"
+    for name, step in record["steps"].items():
+        assert step["status"] == "succeeded", name
+        assert step["cache_key"] and step["outputs"]
+        assert all(url.startswith(root) for url in step["outputs"].values())
+    assert storage.exists(record["config_url"])
+
+
+def test_weight_change_reexecutes_only_the_last_steps(baseline):
+    root, first = baseline
+    env = toolkit_env(root)
+    out = toolkit(["run", "--patch", "optimize.weights.margin=0.9"], env).stdout
+    second = run_id_from(out)
+    record = record_of(root, second)
+    reused = {name for name, step in record["steps"].items() if step["reused"]}
+    assert reused == {"load_transform", "identify_underperformers", "forecast"}
+    assert record["steps"]["load_transform"]["reused_from"] == first
+    assert not record["steps"]["optimize"]["reused"]
+
+    listed = json.loads(toolkit(["runs", "list", "--json"], env).stdout)
+    row = next(r for r in listed if r["id"] == second)
+    assert row["steps"]["forecast"] == {"status": "reused", "reused": True}
+    assert {"id", "status", "market", "period", "launcher", "started_at", "duration_s"} <= set(row)
+
+    diff = json.loads(toolkit(["runs", "diff", first, second, "--json"], env).stdout)
+    changed = {row["key"]: row for row in diff["config"]}
+    assert set(changed) == {"optimize.weights.margin"}
+    assert changed["optimize.weights.margin"]["b_origin"] == "--patch optimize.weights.margin=0.9"
+    assert diff["kpis"]["margin_change"]["delta"] >= 0  # more weight on margin, no less margin
+    logs = toolkit(["runs", "logs", second, "--step", "optimize"], env).stdout
+    assert "reused from run" in logs and "optimize notebook output" in logs
+
+
+def test_concurrent_runs_equal_serial_runs(s3_env):
+    root = new_bucket(s3_env, "runs-concurrent")
+    os.environ["TOOLKIT_ROOT"] = root
+    demo_data.write(["US"], n_products=30, root=root)
+    env = toolkit_env(root)
+    procs = [
+        subprocess.Popen(
+            TOOLKIT + ["run"],
+            env=env,
+            cwd=PROJECT_DIR,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    ids = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+        ids.append(run_id_from(out))
+    serial = run_id_from(toolkit(["run", "--force"], env).stdout)
+    records = [record_of(root, i) for i in ids + [serial]]
+    assert all(r["status"] == "succeeded" for r in records)
+    for record in records[1:]:
+        pd.testing.assert_frame_equal(plan_of(records[0]), plan_of(record))
+        pd.testing.assert_frame_equal(export_of(records[0]), export_of(record))
+    # Every execution published into its own attempt folder: no key written twice.
+    fs, base = storage.filesystem(storage.join(root, "cache"))
+    manifests = [p for p in fs.find(base) if p.endswith(cache.MANIFEST)]
+    assert len(manifests) == len(set(manifests))
+    owners = {json.loads(fs.cat_file(p))["run_id"] for p in manifests}
+    assert owners <= set(ids + [serial])
+
+
+def test_reader_sees_a_run_finished_by_another_process(baseline):
+    root, _ = baseline
+    os.environ["TOOLKIT_ROOT"] = root
+    before = {r["id"] for r in runs.list_runs(root)}  # a long-lived reader lists first
+    new = run_id_from(toolkit(["run"], toolkit_env(root)).stdout)  # fully cached
+    after = {r["id"]: r for r in runs.list_runs(root)}
+    assert new not in before and after[new]["status"] == "succeeded"
+
+
+def test_corrupt_manifest_reruns_the_step_and_corrupt_record_is_reported(baseline):
+    root, run_id = baseline
+    os.environ["TOOLKIT_ROOT"] = root
+    record = record_of(root, run_id)
+    step_url = record["steps"]["identify_underperformers"]["url"]
+    storage.write_bytes(storage.join(step_url, cache.MANIFEST), b'{"step": "identify_und')
+    env = toolkit_env(root)
+    out = toolkit(["run"], env).stdout
+    rerun = record_of(root, run_id_from(out))
+    assert "ignored corrupt cache manifest" in out
+    assert rerun["steps"]["identify_underperformers"]["reused"] is False
+    assert rerun["steps"]["load_transform"]["reused"] is True
+    assert rerun["status"] == "succeeded"
+
+    storage.write_bytes(runs.record_url(run_id, root), b'{"id": "trunc')
+    shown = toolkit(["runs", "show", run_id], env, check=False)
+    assert shown.returncode == 2 and "is corrupt" in shown.stderr
+    listed = json.loads(toolkit(["runs", "list", "--json"], env).stdout)
+    assert any(r["id"] == run_id and r["status"] == "unreadable" for r in listed)
+
+
+def test_unreachable_endpoint_fails_within_the_deadline_naming_it():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = toolkit_env(
+        "s3://nowhere/toolkit",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="x",
+        AWS_SECRET_ACCESS_KEY="x",
+        AWS_REGION="us-east-1",
+    )
+    result = toolkit(["run"], env, check=False, timeout=120)
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in result.stderr and "run failed" in result.stderr
+
+
+# ---------------------------------------------------------------------------
+# Crashes and resume, on the local root
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs") / "store"
+    demo_data.write(["US"], n_products=30, root=str(root))
+    return str(root)
+
+
+def wait_for(predicate, timeout=300, every=0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not met in time")
+
+
+def resume_and_check(root, run_id, env):
+    wait_for(lambda: record_of(root, run_id)["status"] == "interrupted", timeout=60)
+    toolkit(["resume", run_id], env)
+    record = record_of(root, run_id)
+    assert record["status"] == "succeeded"
+    assert all(s["status"] in ("succeeded", "reused") for s in record["steps"].values())
+    return record
+
+
+def test_sigkill_mid_step_then_resume(local_store):
+    env = toolkit_env(local_store)
+    proc = subprocess.Popen(
+        TOOLKIT + ["run", "--patch", "forecast.horizon=9"],
+        env=env,
+        cwd=PROJECT_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    run_id = run_id_from(proc.stdout.readline() + "\n")
+
+    def forecasting():
+        steps = record_of(local_store, run_id).get("steps", {})
+        return steps.get("forecast", {}).get("status") == "running"
+
+    wait_for(forecasting)
+    time.sleep(2)  # inside the notebook
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel, like a lost machine
+    proc.wait()
+    assert record_of(local_store, run_id)["stored_status"] == "running"
+    record = resume_and_check(local_store, run_id, env)
+    assert len(record["steps"]["forecast"]["attempts"]) == 2
+    assert len(record["steps"]["load_transform"].get("attempts", [])) <= 1
+
+
+@pytest.mark.parametrize(
+    "point, horizon, attempts", [("before-manifest", 10, 2), ("after-publish", 11, 1)]
+)
+def test_crash_around_publishing_then_resume(local_store, point, horizon, attempts):
+    env = toolkit_env(local_store, TOOLKIT_CRASH_AT=f"forecast:{point}")
+    result = toolkit(["run", "--patch", f"forecast.horizon={horizon}"], env, check=False)
+    assert result.returncode == -signal.SIGKILL
+    run_id = run_id_from(result.stdout)
+    key = record_of(local_store, run_id)["steps"]["forecast"]["cache_key"]
+    identity = {"market": "US", "period": "2026-11", "category": None}
+    published = cache.lookup(local_store, identity, "forecast", key)
+    # Data without its manifest is invisible; after the manifest it is visible.
+    assert (published is None) == (point == "before-manifest")
+
+    env.pop("TOOLKIT_CRASH_AT")
+    record = resume_and_check(local_store, run_id, env)
+    forecast = record["steps"]["forecast"]
+    assert len(forecast["attempts"]) == attempts  # after publishing, nothing is redone
+    visible = cache.lookup(local_store, identity, "forecast", key)
+    assert visible["url"] == forecast["url"]
+
+
+@pytest.fixture(scope="module")
+def faulty_project(tmp_path_factory):
+    """A copy of the project whose optimize notebook misbehaves on request, after writing."""
+    target = tmp_path_factory.mktemp("project")
+    for name in ("toolkit", "notebooks", "configs"):
+        shutil.copytree(
+            PROJECT_DIR / name, target / name, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    for name in ("pipeline.yaml", "env.yaml"):
+        shutil.copy(PROJECT_DIR / name, target / name)
+    notebook = target / "notebooks" / "optimize.py"
+    notebook.write_text(
+        notebook.read_text()
+        + (
+            "\n# %%\nimport os, time\n"
+            "fault = os.environ.get('TEST_OPTIMIZE_FAULT')\n"
+            "if fault == 'raise':\n    raise RuntimeError('optimize broke after writing')\n"
+            "if fault == 'sleep':\n    time.sleep(3600)\n"
+            "if fault == 'exit':\n    os._exit(138)\n"
+        )
+    )
+    return target
+
+
+@pytest.mark.parametrize(
+    "fault, patches, message",
+    [
+        ("raise", [], "optimize broke after writing"),
+        ("sleep", ["execution.step_timeout_seconds=10"], "Timeout"),
+        ("exit", [], "Kernel"),
+    ],
+)
+def test_failing_step_keeps_its_notebook_and_publishes_nothing(
+    faulty_project, local_store, fault, patches, message
+):
+    env = toolkit_env(local_store, TEST_OPTIMIZE_FAULT=fault, PYTHONPATH=str(faulty_project))
+    args = ["run", "--patch", f"optimize.weights.volume=0.{len(fault)}"]
+    args += [x for p in patches for x in ("--patch", p)]
+    result = toolkit(args, env, check=False, cwd=faulty_project)
+    assert result.returncode == 1, result.stderr[-2000:]
+    record = record_of(local_store, run_id_from(result.stdout))
+    optimize = record["steps"]["optimize"]
+    assert record["status"] == "failed" and optimize["status"] == "failed"
+    assert message.lower() in optimize["error"].lower()
+    assert "format_output" not in record["steps"]
+    identity = {"market": "US", "period": "2026-11", "category": None}
+    assert cache.lookup(local_store, identity, "optimize", optimize["cache_key"]) is None
+    assert storage.exists(optimize["debug"]["notebook"])
+
+
+def test_effective_status_turns_interrupted_without_heartbeat():
+    now = dt.datetime.now(dt.UTC)
+    record = {
+        "status": "running",
+        "heartbeat_seconds": 5,
+        "heartbeat_at": (now - dt.timedelta(seconds=10)).isoformat(),
+    }
+    assert runs.effective_status(record, at=now) == "running"
+    assert runs.effective_status(record, at=now + dt.timedelta(seconds=30)) == "interrupted"
+    assert runs.effective_status({**record, "status": "succeeded"}, at=now) == "succeeded"
