@@ -10,7 +10,7 @@ export PLOOMBER_STATS_ENABLED := false
 export PLOOMBER_VERSION_CHECK_DISABLED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo run test lint format clean
+.PHONY: help install demo run test lint format clean app
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -32,6 +32,13 @@ demo: install ## Write the synthetic demo data, run the pipeline for the default
 	$(VENV)/bin/toolkit demo-data
 	$(VENV)/bin/toolkit run
 	$(VENV)/bin/toolkit summary
+
+app: install ## Serve the app on http://127.0.0.1:8501 (writes demo data if the store has none)
+	@if [ -z "$$($(PY) -c 'from toolkit import app_api, storage; print(*app_api.markets_with_data(storage.root()))')" ]; then \
+	  echo "The store has no sales data yet: writing the SYNTHETIC demo data."; \
+	  $(VENV)/bin/toolkit demo-data; \
+	fi
+	$(VENV)/bin/streamlit run app/main.py --server.address 127.0.0.1
 
 test: install ## Run the test suite
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -10,6 +10,7 @@ step. Concurrent executions of one key both publish; readers take the earliest.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import posixpath
@@ -22,20 +23,6 @@ __all__ = ["Hit", "code_fingerprint", "file_fingerprint", "lookup", "publish", "
 
 MANIFEST = "_MANIFEST.json"
 PACKAGE_DIR = Path(__file__).resolve().parent
-# Modules that orchestrate rather than compute: editing them must not invalidate results.
-ORCHESTRATION_MODULES = {
-    "cli.py",
-    "cli_dev.py",
-    "runner.py",
-    "runs.py",
-    "cache.py",
-    "executors.py",
-    "app_api.py",
-    "notebooks.py",
-    "contracts_doc.py",
-    "backfill.py",
-    "launch.py",
-}
 
 
 class Hit(dict):
@@ -46,12 +33,35 @@ def _sha(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
-def code_fingerprint() -> str:
-    """Hash of the toolkit modules that steps call; any edit there re-runs the steps."""
+def _toolkit_imports(source: str) -> set[str]:
+    """Names of the toolkit modules a piece of Python source imports."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module == "toolkit":
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("toolkit."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("toolkit."))
+    return {name for name in found if (PACKAGE_DIR / f"{name}.py").exists()}
+
+
+def code_fingerprint(source: str) -> str:
+    """Hash of the toolkit modules a step's notebook uses, directly or through each other.
+
+    Editing ``forecasting.py`` re-runs the forecast step (and, through the upstream keys,
+    the steps after it), while new or unrelated modules leave every cached result valid.
+    """
+    seen: set[str] = set()
+    todo = sorted(_toolkit_imports(source))
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += sorted(_toolkit_imports((PACKAGE_DIR / f"{name}.py").read_text()) - seen)
     digest = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.glob("*.py")):
-        if path.name not in ORCHESTRATION_MODULES:
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for name in sorted(seen | {"__init__"}):
+        digest.update(name.encode() + b"\0" + (PACKAGE_DIR / f"{name}.py").read_bytes())
     return digest.hexdigest()
 
 
@@ -72,14 +82,13 @@ def step_key(
     params: dict,
     upstream_keys: dict[str, str],
     inputs: dict[str, str] | None = None,
-    code: str | None = None,
 ) -> str:
     """The content key of one step execution."""
     blob = json.dumps(
         {
             "step": step,
             "source": _sha(source),
-            "code": code or code_fingerprint(),
+            "code": code_fingerprint(source),
             "params": params,
             "upstream": dict(sorted(upstream_keys.items())),
             "inputs": dict(sorted((inputs or {}).items())),

@@ -91,13 +91,16 @@ def dev_command(step, patches, configs, remove) -> None:
         _fail(str(exc), 2)
     except notebooks.MissingUpstreamError as exc:
         _fail(str(exc), 1)
+    except OSError as exc:  # StorageError: the store is unreachable or refuses access
+        _fail(f"cannot fetch the upstream outputs: {exc}", 1)
     notebook = _shown(done.notebook)
     click.echo(
         f"Injected the parameters of step {step!r} (market {done.market}, period "
         f"{done.period}, category {done.category}) into {notebook}"
     )
     for label, path in done.upstream.items():
-        fetched = " (downloaded from storage)" if label in done.downloaded else ""
+        source = done.downloaded.get(label)
+        fetched = f" (fetched from {source})" if source else ""
         click.echo(f"  reads  {label}: {path}{fetched}")
     for key, path in done.product.items():
         click.echo(f"  writes {key}: {path}")

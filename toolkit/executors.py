@@ -142,16 +142,25 @@ def _failure(request, task, exc, started) -> dict[str, Any]:
 
 
 def _root_cause(exc: BaseException) -> str:
-    """The innermost error message: the notebook's own exception, not Ploomber's wrapper."""
-    seen = exc
-    while seen.__cause__ is not None or seen.__context__ is not None:
+    """The notebook's own error, not Ploomber's wrappers.
+
+    Walks the exception chain from the inside out and takes the first error that says
+    something: papermill's cell error (exception name and value), a cell timeout or a dead
+    kernel from nbclient, skipping bare internals such as ``queue.Empty``.
+    """
+    chain = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    text = str(seen).strip()
-    # papermill's PapermillExecutionError carries the cell's exception name and value.
-    ename, evalue = getattr(seen, "ename", None), getattr(seen, "evalue", None)
-    if ename:
-        text = f"{ename}: {evalue}"
-    return text[-3000:] or type(seen).__name__
+    for error in reversed(chain):
+        ename, evalue = getattr(error, "ename", None), getattr(error, "evalue", None)
+        if ename:
+            return f"{ename}: {evalue}"[-3000:]
+        text = str(error).strip()
+        if text and type(error).__name__ not in ("Empty", "TaskBuildError"):
+            return f"{type(error).__name__}: {text}"[-3000:]
+    return type(exc).__name__
 
 
 class SerialExecutor:

@@ -54,7 +54,8 @@ class StepError(ValueError):
 
 
 class MissingUpstreamError(RuntimeError):
-    """A step's upstream products are neither in the build dir nor in storage."""
+    """A step's upstream products are neither in the build dir nor in storage; the message
+    says which, and the ``toolkit run`` command that builds them."""
 
 
 # ---------------------------------------------------------------------------
@@ -72,7 +73,7 @@ class Injection:
     period: str
     category: str
     upstream: dict[str, str] = field(default_factory=dict)  # "forecast.data" -> local path
-    downloaded: list[str] = field(default_factory=list)  # the upstream keys fetched
+    downloaded: dict[str, str] = field(default_factory=dict)  # "forecast.data" -> fetched URL
     product: dict[str, str] = field(default_factory=dict)  # this step's outputs, local
 
 
@@ -117,12 +118,37 @@ def _run_command(patches: Sequence[str], configs: Sequence[str]) -> str:
     return " ".join(args)
 
 
-def _ensure_upstream(task, patches, configs) -> tuple[dict[str, str], list[str]]:
-    """Local paths of the upstream products, fetching missing ones from storage."""
+def _run_outputs(task, resolved) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """Outputs of ``task``'s upstream steps from the newest ``toolkit run`` records with
+    exactly this effective config (a failed run still counts for its finished steps)."""
+    from toolkit import runs
+
+    wanted = resolved.as_dict()
+    try:
+        records = runs.list_runs()  # newest first
+    except OSError as exc:  # an unreachable store is a miss, explained if nothing else works
+        return {}, [f"cannot list the runs: {exc}"]
+    found: dict[str, dict[str, str]] = {}
+    for record in records:
+        if record.get("config") != wanted:
+            continue
+        for name in task.upstream:
+            step = (record.get("steps") or {}).get(name) or {}
+            finished = step.get("status") in ("succeeded", "reused") and step.get("outputs")
+            if finished and name not in found:
+                found[name] = dict(step["outputs"])
+    return found, []
+
+
+def _ensure_upstream(task, resolved, patches, configs) -> tuple[dict, dict]:
+    """Local paths of the upstream products: fetched from the newest ``toolkit run`` with
+    this config, else kept from the build dir, else fetched through the File client
+    (``ploomber build``'s mirror under ``<root>/builds``)."""
     from toolkit import storage
 
+    published, problems = _run_outputs(task, resolved)
     found: dict[str, str] = {}
-    downloaded: list[str] = []
+    fetched: dict[str, str] = {}
     missing: list[str] = []
     for upstream_name, upstream_task in task.upstream.items():
         for key, product in _files(upstream_task).items():
@@ -130,6 +156,11 @@ def _ensure_upstream(task, patches, configs) -> tuple[dict[str, str], list[str]]
                 continue
             label, local = f"{upstream_name}.{key}", Path(str(product))
             found[label] = str(local)
+            url = published.get(upstream_name, {}).get(key)
+            if url:
+                storage.download_file(url, local)
+                fetched[label] = url
+                continue
             if local.exists():
                 continue
             try:
@@ -141,18 +172,22 @@ def _ensure_upstream(task, patches, configs) -> tuple[dict[str, str], list[str]]
                 missing.append(f"  - {label}: {local} ({reason})")
                 continue
             if local.exists():
-                downloaded.append(label)
+                remote = getattr(product.client, "_remote_path", None)
+                fetched[label] = remote(str(local)) if remote else "the File client"
             else:
                 missing.append(f"  - {label}: {local} (no storage client to fetch it)")
     if missing:
+        notes = "".join(f"\n  note: {problem}" for problem in problems)
         raise MissingUpstreamError(
-            f"cannot open step {task.name!r}: these upstream products are neither in the "
-            f"build dir nor under the storage root {storage.root()}:\n"
+            f"cannot open step {task.name!r}: these upstream products are not in the build "
+            f"dir, not among the outputs of a `toolkit run` with this config, and not under "
+            f"the storage root {storage.root()}/builds:\n"
             + "\n".join(missing)
+            + notes
             + "\nBuild them first, with the same config:\n  "
             + _run_command(patches, configs)
         )
-    return found, downloaded
+    return found, fetched
 
 
 def inject(
@@ -165,7 +200,9 @@ def inject(
 
     The cell holds what the step gets in a real run with these layers: its ``run`` identity,
     its ``config`` section and the local paths of its ``upstream`` and ``product`` files.
-    Upstream products missing from the build dir are fetched from the storage root. The
+    Upstream outputs of the newest ``toolkit run`` with the same effective config are
+    fetched from storage; otherwise local build-dir files are used, or fetched from
+    ``ploomber build``'s mirror under ``<root>/builds``. The
     step's own local build records are dropped, so outputs written by hand are never taken
     for a build: the next ``toolkit run`` re-runs the step or restores them from storage.
 
@@ -186,7 +223,7 @@ def inject(
     patches, configs = list(patches), list(configs)
     dag, resolved = _load_dag(patches, configs, Path(project_dir), render=True)
     task = _notebook_task(dag, step)
-    upstream, downloaded = _ensure_upstream(task, patches, configs)
+    upstream, downloaded = _ensure_upstream(task, resolved, patches, configs)
     task.source.save_injected_cell()
     # Running the notebook by hand overwrites this step's local outputs: drop their build
     # record so the next `toolkit run` re-runs the step or restores them from storage

@@ -294,7 +294,6 @@ def execute(
             "category": record["category"],
         }
         timeout = int(record["config"]["execution"]["step_timeout_seconds"])
-        code = cache.code_fingerprint()
         pool = executors.make_executor(executor, **(executor_options or {}))
         keys: dict[str, str] = {}
         outputs: dict[str, dict[str, str]] = {}
@@ -314,7 +313,6 @@ def execute(
                     _key_params(task),
                     {u: keys[u] for u in upstream_of[name]},
                     inputs,
-                    code,
                 )
                 position = f"[{order.index(name) + 1}/{total}] {name}"
                 warnings: list[str] = []

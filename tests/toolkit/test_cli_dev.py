@@ -158,7 +158,7 @@ def test_dev_without_upstream_products_says_what_to_run(toolkit, local_root, tmp
     result = toolkit("dev", "optimize", "--patch", "country=NO", "--patch", "forecast.horizon=8")
     assert result.exit_code == 1
     assert "cannot open step 'optimize'" in result.output
-    assert f"under the storage root {local_root}" in result.output
+    assert f"not under the storage root {local_root}/builds" in result.output
     assert "forecast.data: " + str(tmp_path / "build" / "market=NO") in result.output
     assert "toolkit run --patch country=NO --patch forecast.horizon=8" in result.output
     assert (PROJECT_DIR / "notebooks" / "optimize.py").read_text() == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import shutil
 import subprocess
@@ -170,7 +171,12 @@ def test_inject_fetches_upstream_and_the_cell_runs(built, monkeypatch):
     done = notebooks.inject("price_elasticity", project_dir=project)
     assert done.notebook == notebook
     assert (done.market, done.period, done.category) == ("US", "2026-11", "all")
-    assert done.downloaded == ["forecast.data", "forecast.accuracy"]
+    # Nothing in the run cache (only `ploomber build` ran): fetched from its mirror.
+    mirror = storage.join(str(root), "builds", PREFIX, "forecast")
+    assert done.downloaded == {
+        "forecast.data": storage.join(mirror, "forecasts.parquet"),
+        "forecast.accuracy": storage.join(mirror, "accuracy.parquet"),
+    }
     data = build_dir / PREFIX / "forecast" / "forecasts.parquet"
     assert done.upstream["forecast.data"] == str(data) and data.exists()
     assert done.product["data"] == str(
@@ -208,7 +214,7 @@ def test_inject_renders_the_config_of_the_patches(built, monkeypatch):
     notebook = project / "notebooks" / "forecast.py"
     before = notebook.read_text()
     done = notebooks.inject("forecast", patches=["forecast.horizon=5"], project_dir=project)
-    assert done.downloaded == []  # upstream products are local already
+    assert done.downloaded == {}  # upstream products are local already
     assert '"horizon": 5' in notebook.read_text()
     assert notebooks.remove_injected(project_dir=project) == [notebook]
     assert notebook.read_text() == before
@@ -228,10 +234,49 @@ def test_inject_without_upstream_says_what_to_run(built, tmp_path, monkeypatch):
     )
     assert f"  - load_transform.data: {weekly}" in message
     assert "identify_underperformers.data" in message
-    assert f"under the storage root {empty_root}" in message
+    assert f"not under the storage root {empty_root}/builds" in message
+    assert "not among the outputs of a `toolkit run` with this config" in message
     assert message.endswith("toolkit run --patch country=NO")
     assert (project / "notebooks" / "forecast.py").read_text() == before
     assert not weekly.exists()  # nothing half-downloaded
+
+
+@pytest.fixture(scope="module")
+def ran(built, tmp_path_factory):
+    """`toolkit run` of the scaffolded copy, in a root of its own: outputs in the run cache."""
+    base = tmp_path_factory.mktemp("toolkit_run")
+    root = base / "store"
+    demo_data.write(["US"], n_products=N_PRODUCTS, root=str(root))
+    env = environment(built["project"], root, base / "unused-build")
+    run([BIN / "toolkit", "run"], env, cwd=built["project"])
+    return root
+
+
+def test_inject_after_toolkit_run_fetches_from_the_run_cache(built, ran, tmp_path):
+    from toolkit import runs
+
+    project, build_dir = built["project"], tmp_path / "build"
+    (record,) = runs.list_runs(root=str(ran))
+    published = record["steps"]["forecast"]["outputs"]
+    assert published["data"].startswith(storage.join(str(ran), "cache", PREFIX, "forecast"))
+
+    # In the copy's own interpreter, as a data scientist would run it there.
+    script = (
+        "import json; from toolkit import notebooks; "
+        "done = notebooks.inject('price_elasticity'); "
+        "print(json.dumps({'downloaded': done.downloaded, 'upstream': done.upstream})); "
+        "notebooks.remove_injected('price_elasticity')"
+    )
+    env = environment(project, ran, build_dir)
+    done = json.loads(run([BIN / "python", "-c", script], env, cwd=project).stdout)
+    assert done["downloaded"] == {
+        "forecast.data": published["data"],
+        "forecast.accuracy": published["accuracy"],
+    }
+    local = Path(done["upstream"]["forecast.data"])
+    assert local == build_dir / PREFIX / "forecast" / "forecasts.parquet"
+    assert local.read_bytes() == Path(published["data"]).read_bytes()
+    assert (project / "notebooks" / "price_elasticity.py").read_text() == built["scaffold"]
 
 
 def test_inject_unknown_step(built):

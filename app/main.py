@@ -1,0 +1,53 @@
+"""Price recommendations app: launch runs, follow them, read and compare their results.
+
+``make app`` serves it on 127.0.0.1 with the local store; ``TOOLKIT_ROOT`` switches the
+store (e.g. to S3). With sign-in configured (``[auth]`` in .streamlit/secrets.toml) every
+page needs a signed-in user and configs/app.yaml says who may launch.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parent
+if str(APP_DIR) not in sys.path:  # pages import the shared `ui` module next to this file
+    sys.path.insert(0, str(APP_DIR))
+
+import streamlit as st  # noqa: E402
+import ui  # noqa: E402
+
+st.set_page_config(
+    page_title="Price recommendations",
+    page_icon=":material/sell:",
+    layout="wide",
+    initial_sidebar_state="expanded",
+)
+
+ctx = ui.session()
+
+if ctx.exposed_without_auth:
+    st.error(
+        ui.md(
+            "This app has no sign-in configured but is listening on "
+            f"{ctx.address or 'every network address'}. "
+            'It refuses to show anything: set server.address = "127.0.0.1" in '
+            ".streamlit/config.toml, or configure sign-in ([auth] in .streamlit/secrets.toml)."
+        ),
+        icon=":material/gpp_bad:",
+    )
+    st.stop()
+
+if ctx.needs_login:
+    st.navigation([st.Page(ui.login_page, title="Sign in", icon=":material/login:")]).run()
+    st.stop()
+
+pages = [
+    st.Page(ui.PAGES["launch"], title="Launch", icon=":material/rocket_launch:", default=True),
+    st.Page(ui.PAGES["runs"], title="Runs", icon=":material/history:"),
+    st.Page(ui.PAGES["detail"], title="Results", icon=":material/insights:"),
+    st.Page(ui.PAGES["compare"], title="Compare", icon=":material/compare_arrows:"),
+]
+navigation = st.navigation(pages)
+ui.sidebar(ctx)
+navigation.run()

@@ -1,0 +1,338 @@
+"""Results of one run: KPIs, recommendations, charts, notebooks, settings and files."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+import ui
+
+from toolkit import app_api, browse, forms, runs
+
+ctx = ui.session()
+tz = ui.timezone()
+
+st.title("Run results")
+
+# --- Which run ---------------------------------------------------------------------------
+records = runs.list_runs()
+if not records:
+    st.info("No runs yet. Start one on the Launch page.", icon=":material/info:")
+    st.stop()
+ids = [r["id"] for r in records]
+labels = {r["id"]: app_api.run_label(r, tz) for r in records}
+wanted = st.query_params.get("run")
+if wanted not in ids:
+    wanted = next((r["id"] for r in records if r.get("status") == "succeeded"), ids[0])
+run_id = st.selectbox(
+    "Run",
+    ids,
+    index=ids.index(wanted),
+    format_func=lambda i: labels.get(i, i),
+    help="Newest first. Open a run from the Runs page or pick one here.",
+)
+st.query_params["run"] = run_id
+record = ui.load_run(run_id)
+if record is None:
+    st.stop()
+
+status = record.get("status")
+category = record.get("category") or "all categories"
+st.subheader(
+    ui.md(f"{record.get('market')} {record.get('period')} · {category}"),
+    divider="gray",
+    anchor=False,
+)
+ui.status_line(record, tz)
+
+if status in runs.ACTIVE:
+    st.info(
+        "This run is still going; its results appear here when it finishes.",
+        icon=":material/hourglass_top:",
+    )
+    ui.progress_panel(run_id, ctx, key="detail")
+    st.stop()
+
+# --- Why it failed -----------------------------------------------------------------------
+for failure in app_api.failures(record):
+    with st.container(border=True):
+        st.error(
+            ui.md(
+                f"Step {failure['step']} {failure['status']}: {failure['error'] or 'no message'}"
+            ),
+            icon=":material/error:",
+        )
+        report = failure["report"]
+        if not report.empty:
+            st.caption(
+                "The data broke its contract. Each row is one broken rule: the column, the "
+                "check, how many values failed and a few examples."
+            )
+            st.dataframe(report, hide_index=True, width="stretch")
+        if failure["traceback"]:
+            with st.expander("Technical details"):
+                st.code(failure["traceback"], language=None)
+if status != "succeeded" and not record.get("steps"):
+    st.error(ui.md(record.get("error") or f"The run is {status}."), icon=":material/error:")
+
+# --- Headline numbers --------------------------------------------------------------------
+root = ctx.root
+catalog = ui.optional_table(root, record, "load_transform", "catalog", "Catalog")
+kpi_url = app_api.output_url(record, "optimize", "kpis")
+kpis = None
+if kpi_url:
+    try:
+        kpis = ui.json_output(root, kpi_url)
+    except (FileNotFoundError, browse.OutsideRoot, ValueError, OSError) as exc:
+        st.warning(ui.md(f"Could not read the KPIs: {exc}"), icon=":material/warning:")
+cards = app_api.kpi_cards(kpis, app_api.currency_of(catalog))
+if cards:
+    for card, column in zip(cards, st.columns(len(cards)), strict=True):
+        column.metric(card["label"], card["value"], card["delta"], help=card["help"], border=True)
+elif status == "succeeded":
+    st.info("This run has no plan KPIs.", icon=":material/info:")
+
+tab_recs, tab_charts, tab_steps, tab_settings, tab_files = st.tabs(
+    [
+        ":material/table: Recommendations",
+        ":material/show_chart: Charts",
+        ":material/description: Steps & notebooks",
+        ":material/tune: Settings",
+        ":material/folder_open: Files",
+    ]
+)
+
+plan = ui.optional_table(root, record, "optimize", "data", "Plan")
+
+# --- Recommendations ---------------------------------------------------------------------
+with tab_recs:
+    if plan is None:
+        st.info("No recommendations: the optimize step did not finish.", icon=":material/info:")
+    else:
+        cols = st.columns([1, 2, 2])
+        only_changes = cols[0].toggle("Only price changes", value=True, key="detail.only_changes")
+        chosen = cols[1].multiselect(
+            "Categories", sorted(plan["category"].astype(str).unique()), key="detail.categories"
+        )
+        needle = cols[2].text_input("Find a product", placeholder="id or name", key="detail.find")
+        table = app_api.recommendations(plan, catalog, only_changes)
+        if chosen:
+            table = table[table["Category"].isin(chosen)]
+        if needle.strip():
+            mask = table["Product"].str.contains(needle.strip(), case=False, regex=False) | table[
+                "Name"
+            ].str.contains(needle.strip(), case=False, regex=False)
+            table = table[mask]
+        st.caption(
+            f"{len(table)} products. Click a column header to sort. Prices in "
+            f"{app_api.currency_of(catalog) or 'market currency'}; changes are over the "
+            "forecast horizon."
+        )
+        money = st.column_config.NumberColumn(format="%.2f")
+        whole = st.column_config.NumberColumn(format="%+,.0f")
+        st.dataframe(
+            table,
+            hide_index=True,
+            width="stretch",
+            key="detail.table",
+            column_config={
+                "Current price": money,
+                "Recommended price": money,
+                "Change %": st.column_config.NumberColumn(format="%+.1f%%"),
+                "Expected units": st.column_config.NumberColumn(format="%,.0f"),
+                "Revenue change": whole,
+                "Margin change": whole,
+                "Markdown cost": st.column_config.NumberColumn(format="%,.0f"),
+            },
+        )
+        dl1, dl2 = st.columns(2)
+        dl1.download_button(
+            "Download this table (CSV)",
+            table.to_csv(index=False).encode(),
+            file_name=f"{run_id}-recommendations-view.csv",
+            mime="text/csv",
+            icon=":material/download:",
+            on_click="ignore",
+        )
+        csv_url = app_api.output_url(record, "format_output", "csv")
+        if csv_url:
+            try:
+                dl2.download_button(
+                    "Download the delivery file (CSV)",
+                    ui.file_bytes(root, csv_url),
+                    file_name=f"{run_id}-recommendations.csv",
+                    mime="text/csv",
+                    icon=":material/download:",
+                    on_click="ignore",
+                    help="Exactly what the receiving system gets: changed prices only.",
+                )
+            except (FileNotFoundError, browse.OutsideRoot, ValueError, OSError) as exc:
+                dl2.warning(ui.md(f"Delivery file unavailable: {exc}"))
+
+# --- Charts ------------------------------------------------------------------------------
+with tab_charts:
+    weekly = ui.optional_table(root, record, "load_transform", "data", "WeeklySales")
+    forecasts = ui.optional_table(root, record, "forecast", "data", "Forecasts")
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        st.subheader("Sales history and forecast", divider="gray", anchor=False)
+        if weekly is None or forecasts is None or forecasts.empty:
+            st.info("No forecast in this run.", icon=":material/info:")
+        else:
+            options = app_api.forecast_products(forecasts, plan, catalog)
+            names = dict(options)
+            product = st.selectbox(
+                "Product",
+                [pid for pid, _ in options],
+                format_func=lambda pid: names.get(pid, pid),
+                key="detail.product",
+                help="Products the run forecast: those selling below their own past.",
+            )
+            series = app_api.history_and_forecast(weekly, forecasts, product)
+            chart = (
+                alt.Chart(series)
+                .mark_line(point=alt.OverlayMarkDef(size=12))
+                .encode(
+                    x=alt.X("week:T", title="Week"),
+                    y=alt.Y("units:Q", title="Units per week"),
+                    color=alt.Color(
+                        "series:N",
+                        title=None,
+                        scale=alt.Scale(
+                            domain=["Actual", "Forecast"], range=["#4c72b0", "#dd8452"]
+                        ),
+                        legend=alt.Legend(orient="top"),
+                    ),
+                    strokeDash=alt.StrokeDash(
+                        "series:N",
+                        scale=alt.Scale(domain=["Actual", "Forecast"], range=[[1, 0], [5, 3]]),
+                        legend=None,
+                    ),
+                    tooltip=[
+                        alt.Tooltip("week:T", title="Week"),
+                        alt.Tooltip("series:N", title="Series"),
+                        alt.Tooltip("units:Q", title="Units", format=",.1f"),
+                    ],
+                )
+                .properties(height=340)
+            )
+            st.altair_chart(chart, width="stretch")
+            st.caption("Weekly units sold (last 78 weeks) and the forecast at today's price.")
+    with right:
+        st.subheader("Plan impact by category", divider="gray", anchor=False)
+        if plan is None or plan.empty:
+            st.info("No plan in this run.", icon=":material/info:")
+        else:
+            impact = app_api.impact_by_category(plan)
+            bars = (
+                alt.Chart(impact)
+                .mark_bar()
+                .encode(
+                    y=alt.Y("category:N", title=None),
+                    x=alt.X("change:Q", title="Expected change over the horizon"),
+                    yOffset="measure:N",
+                    color=alt.Color(
+                        "measure:N",
+                        title=None,
+                        scale=alt.Scale(domain=["Revenue", "Margin"], range=["#4c72b0", "#55a868"]),
+                        legend=alt.Legend(orient="top"),
+                    ),
+                    tooltip=[
+                        alt.Tooltip("category:N", title="Category"),
+                        alt.Tooltip("measure:N", title="Measure"),
+                        alt.Tooltip("change:Q", title="Change", format="+,.0f"),
+                    ],
+                )
+                .properties(height=340)
+            )
+            st.altair_chart(bars, width="stretch")
+            st.caption("Expected revenue and margin change of the recommended prices.")
+
+# --- Steps and their notebooks -----------------------------------------------------------
+with tab_steps:
+    st.caption(
+        "Each step runs a notebook. Download the executed notebook or read its printed "
+        "output here. Steps reused from an earlier run show that run's notebook."
+    )
+    ui.steps_table(record)
+    for item in app_api.notebooks(record):
+        title = item["step"].replace("_", " ").capitalize()
+        state = app_api.STATUS_TEXT.get(item["status"], str(item["status"]))
+        with st.expander(ui.md(f"{title} · {state}"), icon=":material/description:"):
+            if item["partial"]:
+                st.caption("The step failed; this is the notebook as far as it ran.")
+            try:
+                text = ui.notebook_text(root, item["url"])
+                data = ui.file_bytes(root, item["url"])
+            except (FileNotFoundError, browse.OutsideRoot, ValueError, OSError) as exc:
+                st.warning(ui.md(f"Notebook unavailable: {exc}"))
+                continue
+            st.download_button(
+                "Download the notebook (.ipynb)",
+                data,
+                file_name=f"{run_id}-{item['filename']}",
+                mime="application/x-ipynb+json",
+                icon=":material/download:",
+                key=f"nb-{item['step']}",
+                on_click="ignore",
+            )
+            st.code(text or "(no printed output)", language=None)
+
+# --- Settings ----------------------------------------------------------------------------
+with tab_settings:
+    st.caption("The settings this run used, and which layer each came from.")
+    origins = record.get("origins") or {}
+    config = record.get("config") or {}
+    rows = []
+    for key, origin in origins.items():
+        node = config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        rows.append(
+            {
+                "Setting": key,
+                "Value": forms.display_value(node),
+                "Set by": forms.describe_origin(origin),
+            }
+        )
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    versions = record.get("versions") or {}
+    if versions:
+        with st.expander("Software versions"):
+            st.dataframe(
+                pd.DataFrame(
+                    {"Package": list(versions), "Version": [str(v) for v in versions.values()]}
+                ),
+                hide_index=True,
+            )
+
+# --- Files -------------------------------------------------------------------------------
+with tab_files:
+    files = app_api.output_files(record, root)
+    st.caption(ui.md(f"Files this run produced, under the storage root {root}."))
+    if not files:
+        st.info("No files yet.", icon=":material/info:")
+    else:
+        st.dataframe(pd.DataFrame(files), hide_index=True, width="stretch")
+        paths = [f["path"] for f in files]
+        requested = st.query_params.get("file")
+        if requested and requested not in paths:
+            paths.insert(0, requested)
+        path = st.selectbox("File", paths, key="detail.file")
+        try:
+            url = browse.resolve_output(root, path)
+            data = ui.file_bytes(root, url)
+        except browse.OutsideRoot as exc:
+            st.error(ui.md(exc), icon=":material/block:")
+        except (FileNotFoundError, ValueError, OSError) as exc:
+            st.warning(ui.md(exc), icon=":material/warning:")
+        else:
+            st.download_button(
+                "Download this file",
+                data,
+                file_name=path.rsplit("/", 1)[-1],
+                icon=":material/download:",
+                key="file-download",
+                on_click="ignore",
+            )

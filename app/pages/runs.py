@@ -1,0 +1,114 @@
+"""Runs: every run with its status; follow one live, cancel it, open or repeat it."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+import ui
+
+from toolkit import app_api, runs
+
+ctx = ui.session()
+tz = ui.timezone()
+
+st.title("Runs")
+st.caption(
+    "Every run of the price recommendations, newest first. Click a row to follow its "
+    "progress, cancel it, open its results or launch it again with the same settings."
+)
+
+records = runs.list_runs()  # never cached: other people and replicas start runs too
+rows = app_api.run_rows(records, tz)
+if not rows:
+    st.info("No runs yet. Start one on the Launch page.", icon=":material/info:")
+    st.page_link(ui.PAGES["launch"], label="Launch a run", icon=":material/rocket_launch:")
+    st.stop()
+
+# --- Filters ---------------------------------------------------------------------------
+with st.container(border=True):
+    cols = st.columns([1, 1, 1, 1, 2])
+    statuses = cols[0].multiselect(
+        "Status",
+        sorted({r["status"] for r in rows}),
+        format_func=app_api.status_text,
+        key="runs.status",
+    )
+    markets = cols[1].multiselect(
+        "Market", sorted({r["Market"] for r in rows if r["Market"]}), key="runs.market"
+    )
+    periods = cols[2].multiselect(
+        "Month", sorted({r["Period"] for r in rows if r["Period"]}, reverse=True), key="runs.period"
+    )
+    launchers = cols[3].multiselect(
+        "Launched by",
+        sorted({r["Launched by"] for r in rows if r["Launched by"]}),
+        key="runs.launcher",
+    )
+    text = cols[4].text_input("Search", placeholder="run id, category, ...", key="runs.search")
+shown = app_api.filter_rows(rows, statuses, markets, periods, launchers, text)
+active = sum(1 for r in rows if r["status"] in runs.ACTIVE)
+st.caption(f"{len(shown)} of {len(rows)} runs shown · {active} queued or running")
+
+frame = pd.DataFrame(shown, columns=list(rows[0]))
+event = st.dataframe(
+    ui.styled_status(frame),
+    hide_index=True,
+    column_order=[c for c in frame.columns if c != "status"],
+    width="stretch",
+    on_select="rerun",
+    selection_mode="single-row",
+    key="runs.table",
+    column_config={
+        "Steps reused": st.column_config.NumberColumn(
+            "Reused", help="Steps whose results came from the cache of an earlier run."
+        ),
+        "Run": st.column_config.TextColumn("Run id", width="medium"),
+    },
+)
+
+# --- The selected run --------------------------------------------------------------------
+selected_rows = event.selection.rows if event is not None else []
+if selected_rows and selected_rows[0] < len(shown):
+    st.query_params["run"] = shown[selected_rows[0]]["Run"]
+run_id = st.query_params.get("run")
+ids = [r["Run"] for r in rows]
+if run_id not in ids:
+    candidates = [r for r in shown if r["status"] in runs.ACTIVE] or shown or rows
+    run_id = candidates[0]["Run"]
+
+record = ui.load_run(run_id)
+if record is None:
+    st.stop()
+
+with st.container(border=True):
+    category = record.get("category") or "all categories"
+    st.subheader(
+        ui.md(f"{record.get('market')} {record.get('period')} · {category}"),
+        divider="gray",
+        anchor=False,
+    )
+    st.caption(ui.md(f"Run {run_id}"))
+    ui.progress_panel(run_id, ctx, key="runs")
+    cols = st.columns(3)
+    cols[0].page_link(
+        ui.PAGES["detail"],
+        label="Open the results",
+        icon=":material/insights:",
+        query_params={"run": run_id},
+        disabled=record.get("status") != "succeeded" and not record.get("steps"),
+    )
+    if cols[1].button(
+        "Re-run with these parameters",
+        icon=":material/replay:",
+        disabled=not ctx.decision.allowed,
+        help="Opens the Launch form filled with this run's market, month and settings.",
+    ):
+        st.switch_page(ui.PAGES["launch"], query_params={"from_run": run_id})
+    others = [r["Run"] for r in rows if r["Run"] != run_id and r["status"] == "succeeded"]
+    if others:
+        cols[2].page_link(
+            ui.PAGES["compare"],
+            label="Compare with another run",
+            icon=":material/compare_arrows:",
+            query_params={"runs": f"{others[0]},{run_id}"},
+        )

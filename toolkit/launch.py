@@ -1,0 +1,192 @@
+"""Start runs from the app: checked first, recorded at once, executed in the background.
+
+``launch`` checks the form (``forms.check``) and the person (``access``), writes the run's
+``queued`` record so every app replica shows it immediately, then starts
+``python -m toolkit.cli run --run-id ID --patch=...`` as a detached process: an argv list,
+never a shell, in a session of its own, so neither a reload, a closed tab nor a restart
+of the app stops it. The run's progress lives in its record in storage; the process's
+own output goes to a log file on the machine that launched it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolkit import access, forms, runner, runs, storage
+from toolkit import config as config_mod
+
+__all__ = [
+    "LaunchRefused",
+    "Launched",
+    "build_argv",
+    "cancel",
+    "launch",
+    "launch_log",
+    "log_path",
+]
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,119}$")
+LOG_TAIL_CHARS = 20_000
+
+
+class LaunchRefused(ValueError):
+    """Nothing was started; ``problems`` say why, field by field."""
+
+    def __init__(self, problems: Sequence[forms.FieldProblem]):
+        self.problems = list(problems)
+        super().__init__("; ".join(str(p) for p in self.problems) or "launch refused")
+
+
+@dataclass
+class Launched:
+    run_id: str
+    pid: int
+    argv: list[str]
+    log_path: Path
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def log_dir() -> Path:
+    """Where launched processes write their output (local to this app instance)."""
+    override = os.environ.get("TOOLKIT_APP_LOG_DIR", "").strip()
+    return Path(override) if override else config_mod.PROJECT_DIR / ".toolkit" / "app-logs"
+
+
+def log_path(run_id: str) -> Path:
+    if not RUN_ID.match(run_id):
+        raise ValueError(f"invalid run id {run_id!r}")
+    return log_dir() / f"{run_id}.log"
+
+
+def launch_log(run_id: str, max_chars: int = LOG_TAIL_CHARS) -> str | None:
+    """The tail of the launched process's output, when this instance launched the run."""
+    try:
+        path = log_path(run_id)
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_chars * 4))
+            text = fh.read().decode("utf-8", errors="replace")
+    except (OSError, ValueError):
+        return None
+    # Progress bars redraw with carriage returns; keep the last state of each line.
+    lines = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    return "\n".join(lines)[-max_chars:]
+
+
+def _check_patch(patch: str) -> str:
+    allowed = {spec.key for spec in forms.form_fields()} | set(config_mod.IDENTITY_KEYS)
+    key = patch.partition("=")[0]
+    if key not in allowed:
+        raise ValueError(f"patch key {key!r} is not a setting of the form")
+    config_mod.parse_patch(patch)  # a ConfigError for anything that is not a plain literal
+    return patch
+
+
+def build_argv(run_id: str, patches: Sequence[str], python: str | None = None) -> list[str]:
+    """The command that runs ``run_id``: an argv list, never passed to a shell.
+
+    Each patch is one argument, attached to its option (``--patch=key=value``), so a
+    value can never be read as another option.
+    """
+    if not RUN_ID.match(run_id):
+        raise ValueError(f"invalid run id {run_id!r}")
+    argv = [python or sys.executable, "-m", "toolkit.cli", "run", "--run-id", run_id]
+    argv += [f"--patch={_check_patch(p)}" for p in patches]
+    return argv
+
+
+def _environment(viewer: access.Viewer, root: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        TOOLKIT_ROOT=root,
+        TOOLKIT_LAUNCHER=viewer.launcher,
+        PLOOMBER_STATS_ENABLED="false",
+        PLOOMBER_VERSION_CHECK_DISABLED="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _reap(process: subprocess.Popen) -> None:
+    # The app outlives its runs: wait for each so none lingers as a zombie.
+    threading.Thread(target=process.wait, daemon=True, name="toolkit-reaper").start()
+
+
+def launch(
+    identity: forms.Identity,
+    values: Mapping[str, Any],
+    viewer: access.Viewer | None,
+    settings: access.AppSettings | None = None,
+) -> Launched:
+    """Check, record and start a run in the background; return at once.
+
+    Raises:
+        AccessDenied: ``viewer`` may not launch.
+        LaunchRefused: the form has problems (nothing was written or started).
+    """
+    access.require_launch(viewer, settings or access.load_settings())
+    assert viewer is not None
+    checked = forms.check(identity, values)
+    if not checked.ok:
+        raise LaunchRefused(checked.problems)
+    root = storage.root()
+    if not storage.listdir(storage.join(root, "raw", f"market={identity.country}")):
+        raise LaunchRefused(
+            [
+                forms.FieldProblem(
+                    "country",
+                    f"no sales data for market {identity.country} under {root}/raw; "
+                    "ask for the data to be loaded (or run `toolkit demo-data`)",
+                    "Market",
+                    "identity",
+                )
+            ]
+        )
+    cfg = checked.resolved.config
+    run_id = runs.new_id(cfg.country, cfg.period)
+    argv = build_argv(run_id, checked.patches)
+
+    # The queued record first, so the run shows at once on every replica. The process
+    # re-creates it with the same content when it starts (see the report for a CLI that
+    # executes an existing record instead).
+    record = runner.create(checked.resolved, patches=checked.patches, run_id=run_id)
+    record.update(launcher=viewer.launcher, launched_from="app")
+    runs.save(record, root)
+
+    path = log_path(run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "ab") as log:
+            process = subprocess.Popen(  # noqa: S603 - an argv list; no shell is involved
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(config_mod.PROJECT_DIR),
+                env=_environment(viewer, root),
+                start_new_session=True,
+                close_fds=True,
+            )
+    except OSError as exc:
+        record.update(
+            status="failed", error=f"could not start the run: {exc}", finished_at=runs.now()
+        )
+        runs.save(record, root)
+        raise
+    _reap(process)
+    return Launched(run_id=run_id, pid=process.pid, argv=argv, log_path=path, record=record)
+
+
+def cancel(run_id: str, viewer: access.Viewer | None, settings: access.AppSettings | None = None):
+    """Ask a queued or running run to stop (it notices within one heartbeat)."""
+    access.require_launch(viewer, settings or access.load_settings())
+    runner.cancel(run_id)
