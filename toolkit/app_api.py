@@ -578,7 +578,7 @@ def compare_params(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             origins[key].append(forms.describe_origin(origin) if origin else "")
     rows = []
     for key in sorted(keys):
-        row = {"Setting": key}
+        row = {"Setting": forms.setting_label(key)}
         row.update(values[key])
         row["Set by"] = " → ".join(dict.fromkeys(o for o in origins[key] if o))
         rows.append(row)

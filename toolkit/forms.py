@@ -61,6 +61,7 @@ SECTION_TITLES = {
     "weights": "Objective weights",
     "constraints": "Business constraints",
 }
+FORM_CHANGE = "Changed in this form"
 # Suggested price levels for list fields of fractions: -50% .. +50% in 5% steps.
 FRACTION_GRID = tuple(round(x / 100, 2) for x in range(-50, 55, 5))
 
@@ -525,12 +526,12 @@ def display_value(value: Any) -> str:
     return str(value)
 
 
-def describe_origin(origin: str) -> str:
-    """Which layer set a value, in words a business user reads."""
+def describe_origin(origin: str, patch: str = "Set at launch") -> str:
+    """Which layer set a value, in words a business user reads (``patch``: for --patch)."""
     if origin in ("configs/defaults.yaml", "model default"):
         return "Defaults"
     if origin.startswith("--patch "):
-        return "Changed in this form"
+        return patch
     match = re.fullmatch(r"configs/(markets|periods|categories)/(.+)\.yaml", origin)
     if match:
         kind = {"markets": "Market", "periods": "Period", "categories": "Category"}
@@ -538,6 +539,15 @@ def describe_origin(origin: str) -> str:
     if origin in ("env.yaml",) or origin.startswith("env ("):
         return f"Project default ({origin})"
     return origin
+
+
+def setting_label(key: str) -> str:
+    """``Objective weights: Revenue`` for ``optimize.weights.revenue``; other keys as is."""
+    try:
+        spec = field_spec(key)
+    except KeyError:
+        return key
+    return f"{SECTION_TITLES.get(spec.group, _label(spec.group))}: {spec.label}"
 
 
 def differences(resolved: config_mod.ResolvedConfig) -> list[dict[str, str]]:
@@ -552,13 +562,12 @@ def differences(resolved: config_mod.ResolvedConfig) -> list[dict[str, str]]:
         from_defaults = origin in ("configs/defaults.yaml", "model default")
         if from_defaults and _same(value, defaults.get(key)):
             continue
-        group = SECTION_TITLES.get(spec.group, _label(spec.group))
         rows.append(
             {
-                "Setting": f"{group}: {spec.label}",
+                "Setting": setting_label(key),
                 "Value": display_value(value),
                 "Default": display_value(defaults.get(key)),
-                "Set by": describe_origin(origin),
+                "Set by": describe_origin(origin, FORM_CHANGE),
                 "Key": key,
             }
         )

@@ -53,28 +53,40 @@ for record in loaded:
         kpis.append(None)
 
 # --- Headline per run --------------------------------------------------------------------
+HEADLINE = (
+    ("revenue_change_pct", "Revenue change", "{:+.1f}%", "{:+.1f} pts"),
+    ("margin_change_pct", "Margin change", "{:+.1f}%", "{:+.1f} pts"),
+    ("volume_change_pct", "Volume change", "{:+.1f}%", "{:+.1f} pts"),
+    ("n_changes", "Price changes", "{:,.0f}", "{:+,.0f}"),
+)
 base = kpis[0] or {}
-for record, kpi, column in zip(loaded, kpis, st.columns(len(loaded)), strict=True):
-    with column.container(border=True):
-        role = "Baseline" if record is loaded[0] else "Compared"
-        st.caption(ui.md(f"{role} · {record.get('id')}"))
-        st.text(
-            f"{record.get('market')} {record.get('period')} · {record.get('category') or 'all'}"
-        )
-        st.text(app_api.status_text(record.get("status")))
+for index, (record, kpi) in enumerate(zip(loaded, kpis, strict=True)):
+    with st.container(border=True):
+        cols = st.columns([2.2, 1, 1, 1, 1], vertical_alignment="center")
+        with cols[0]:
+            ui.status_badge(record.get("status"))
+            st.text(
+                f"{'Baseline' if index == 0 else 'Compared'}: {record.get('market')} "
+                f"{record.get('period')} · {record.get('category') or 'all'}"
+            )
+            st.caption(ui.md(record.get("id")))
         if kpi is None:
-            st.caption("No KPIs (the run did not finish its plan).")
+            cols[1].caption("No KPIs: the run did not finish its plan.")
             continue
-        for key, label, fmt in (
-            ("revenue_change_pct", "Revenue change", "{:+.1f}%"),
-            ("margin_change_pct", "Margin change", "{:+.1f}%"),
-            ("n_changes", "Price changes", "{:,.0f}"),
-        ):
+        for (key, label, fmt, delta_fmt), column in zip(HEADLINE, cols[1:], strict=True):
             value = kpi.get(key)
-            delta = None
-            if record is not loaded[0] and base.get(key) is not None and value is not None:
-                delta = f"{value - base[key]:+.1f} vs baseline"
-            st.metric(label, fmt.format(value) if value is not None else "–", delta)
+            delta, arrow = None, "auto"
+            if index and base.get(key) is not None and value is not None:
+                change = value - base[key]
+                delta = delta_fmt.format(change) if abs(change) >= 0.05 else "same"
+                arrow = "auto" if abs(change) >= 0.05 else "off"
+            column.metric(
+                label,
+                fmt.format(value) if value is not None else "–",
+                delta,
+                delta_color="normal" if arrow == "auto" else "off",
+                delta_arrow=arrow,
+            )
 
 # --- KPI deltas --------------------------------------------------------------------------
 st.subheader("KPIs and their change against the baseline", divider="gray", anchor=False)
@@ -103,14 +115,20 @@ else:
         if (k or {}).get(key) is not None
     ]
     if pct:
+        order = [app_api.short_name(r) for r in loaded]
         chart = (
             alt.Chart(pd.DataFrame(pct))
             .mark_bar()
             .encode(
-                x=alt.X("KPI:N", title=None),
-                xOffset="run:N",
+                x=alt.X(
+                    "KPI:N",
+                    title=None,
+                    sort=["Revenue %", "Margin %", "Volume %"],
+                    axis=alt.Axis(labelAngle=0),
+                ),
+                xOffset=alt.XOffset("run:N", sort=order),
                 y=alt.Y("change:Q", title="Expected change (%)"),
-                color=alt.Color("run:N", title="Run", legend=alt.Legend(orient="top")),
+                color=alt.Color("run:N", title="Run", sort=order, legend=alt.Legend(orient="top")),
                 tooltip=["run", "KPI", alt.Tooltip("change:Q", format="+.1f")],
             )
             .properties(height=300)

@@ -203,7 +203,7 @@ with launch_box:
     st.text(
         f"Market {identity.country} · {identity.period} · {identity.category or 'all categories'}"
     )
-    changed = sum(1 for r in rows if r["Set by"] == "Changed in this form")
+    changed = sum(1 for r in rows if r["Set by"] == forms.FORM_CHANGE)
     st.caption(
         f"{changed} setting(s) changed in this form; {len(rows)} differ from the defaults "
         "(listed below)."

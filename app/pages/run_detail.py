@@ -290,7 +290,7 @@ with tab_settings:
             node = node.get(part) if isinstance(node, dict) else None
         rows.append(
             {
-                "Setting": key,
+                "Setting": forms.setting_label(key),
                 "Value": forms.display_value(node),
                 "Set by": forms.describe_origin(origin),
             }
