@@ -31,7 +31,6 @@ $(STAMP): pyproject.toml requirements.lock
 demo: install ## Write the synthetic demo data, run the pipeline for the default market, summarise
 	$(VENV)/bin/toolkit demo-data
 	$(VENV)/bin/toolkit run
-	$(VENV)/bin/toolkit summary
 
 app: install ## Serve the app on http://127.0.0.1:8501 (writes demo data if the store has none)
 	@if [ -z "$$($(PY) -c 'from toolkit import app_api, storage; print(*app_api.markets_with_data(storage.root()))')" ]; then \

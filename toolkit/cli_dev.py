@@ -132,9 +132,9 @@ def new_step_command(name, after) -> None:
         click.echo(f"  modified {_shown(path)}{about}")
     click.echo(
         "Next:\n"
-        "  toolkit run             # build it with the rest of the pipeline\n"
-        f"  toolkit dev {name}  # then work on it in Jupyter\n"
-        "  toolkit schemas docs    # document its contract in docs/contracts.md"
+        "  - build it with the rest of the pipeline: toolkit run\n"
+        f"  - work on it in a notebook: toolkit dev {name}\n"
+        "  - document its contract in docs/contracts.md: toolkit schemas docs"
     )
 
 

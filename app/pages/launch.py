@@ -220,6 +220,7 @@ with launch_box:
         icon=":material/rocket_launch:",
         disabled=not (checked.ok and ctx.decision.allowed),
         width="stretch",
+        key="launch.go",
     )
     who = ctx.viewer.launcher if ctx.viewer else "nobody"
     st.caption(ui.md(f"Recorded as launched by {who}."))

@@ -102,6 +102,7 @@ with st.container(border=True):
         icon=":material/replay:",
         disabled=not ctx.decision.allowed,
         help="Opens the Launch form filled with this run's market, month and settings.",
+        key="runs.rerun",
     ):
         st.switch_page(ui.PAGES["launch"], query_params={"from_run": run_id})
     others = [r["Run"] for r in rows if r["Run"] != run_id and r["status"] == "succeeded"]

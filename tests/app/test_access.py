@@ -1,0 +1,70 @@
+"""Who may launch: the allow-list in configs/app.yaml, typed; viewers only view."""
+
+from __future__ import annotations
+
+import pytest
+
+from toolkit import access, forms, launch, storage
+from toolkit import config as config_mod
+
+US = forms.Identity("US", "2026-11")
+
+
+def test_the_project_settings_file_is_valid():
+    settings = access.load_settings(config_mod.PROJECT_DIR / "configs" / "app.yaml")
+    assert isinstance(settings.launchers, list)
+
+
+def test_settings_are_typed_and_normalised(tmp_path):
+    path = tmp_path / "app.yaml"
+    path.write_text("launchers: [Boss@Example.com, boss@example.com, ann@example.org]\n")
+    assert access.load_settings(path).launchers == ["ann@example.org", "boss@example.com"]
+    path.write_text("launchers: [not-an-email]\n")
+    with pytest.raises(config_mod.ConfigError, match="not email addresses"):
+        access.load_settings(path)
+    path.write_text("launcher: [a@b.co]\n")  # a typo is an error, not an empty list
+    with pytest.raises(config_mod.ConfigError, match="launcher"):
+        access.load_settings(path)
+    assert access.load_settings(tmp_path / "missing.yaml").launchers == []
+
+
+def signed_in(email, verified=None):
+    claims = {"is_logged_in": True, "email": email, "name": "Someone"}
+    if verified is not None:
+        claims["email_verified"] = verified
+    return access.viewer_from_claims(claims, auth_configured=True)
+
+
+def test_only_listed_verified_people_may_launch():
+    settings = access.AppSettings(launchers=["boss@example.com"])
+    assert access.can_launch(signed_in("BOSS@example.com"), settings).allowed
+    viewer = access.can_launch(signed_in("viewer@example.com"), settings)
+    assert not viewer.allowed and "configs/app.yaml" in viewer.reason
+    assert not access.can_launch(signed_in("boss@example.com", verified=False), settings).allowed
+    assert not access.can_launch(None, settings).allowed
+
+
+def test_signed_out_means_no_viewer_when_sign_in_is_configured():
+    assert access.viewer_from_claims({"is_logged_in": False}, auth_configured=True) is None
+    assert access.viewer_from_claims({}, auth_configured=True) is None
+
+
+def test_without_sign_in_the_local_user_may_launch():
+    viewer = access.viewer_from_claims({"email": "ignored@example.com"}, auth_configured=False)
+    assert viewer.local and viewer.email is None
+    assert access.can_launch(viewer, access.AppSettings()).allowed
+
+
+def test_launcher_names_are_single_line():
+    viewer = access.Viewer(name="evil\nname\x00", email=None, authenticated=True)
+    assert viewer.launcher == "evilname"
+
+
+def test_a_viewer_cannot_launch_or_cancel_and_nothing_is_written(local_root):
+    settings = access.AppSettings(launchers=["boss@example.com"])
+    values = forms.values_of(forms.baseline(US))
+    with pytest.raises(access.AccessDenied):
+        launch.launch(US, values, signed_in("viewer@example.com"), settings)
+    with pytest.raises(access.AccessDenied):
+        launch.cancel("some-run", signed_in("viewer@example.com"), settings)
+    assert storage.listdir(storage.join(local_root, "runs")) == []
