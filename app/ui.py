@@ -25,7 +25,7 @@ PAGES = {
     "compare": "pages/compare.py",
 }
 POLL_SECONDS = 2.0
-OUTPUT_TTL = 600  # outputs are immutable (a new execution gets a new URL); bound memory only
+OUTPUT_TTL = 300  # outputs are immutable (a new execution gets a new URL); this bounds memory
 
 
 # ---------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def load_run(run_id: str) -> dict | None:
 def status_badge(status: str | None) -> None:
     status = status or "unreadable"
     color, icon = app_api.STATUS_BADGES.get(status, ("gray", ":material/help:"))
-    st.badge(app_api.STATUS_TEXT.get(status, status.capitalize()), icon=icon, color=color)
+    st.badge(md(app_api.STATUS_TEXT.get(status, status.capitalize())), icon=icon, color=color)
 
 
 def styled_status(frame: pd.DataFrame, status_column: str = "status"):

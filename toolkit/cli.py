@@ -115,6 +115,10 @@ def run_command(patches, configs, force, run_id, executor, workers, scheduler) -
     except storage_errors() as exc:
         click.echo(f"run failed: {exc}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted; `toolkit runs list` shows the run, `toolkit resume RUN` "
+                   "finishes it", err=True)
+        sys.exit(130)
     click.echo("")
     click.echo(runner.summary(record))
 
@@ -130,6 +134,106 @@ def _executor_choice(resolved, executor, workers, scheduler):
             "retries": getattr(execution, "retries", 2),
         }
     return name, options
+
+
+@main.command("backfill")
+@click.option("--market", "markets", default=None, help="Comma-separated market codes: US,DE,FR.")
+@click.option(
+    "--period",
+    "periods",
+    default=None,
+    help="Months: a range 2026-01..2026-06, a list 2026-01,2026-03, or both mixed.",
+)
+@click.option(
+    "--category",
+    "categories",
+    default=None,
+    help="Comma-separated categories; 'all' means no filter (default: all).",
+)
+@_patch_option
+@_config_option
+@click.option(
+    "--executor",
+    type=click.Choice(["serial", "dask"]),
+    default=None,
+    help="serial: one run after another; dask: all at once on one cluster "
+    "(default: config execution.executor; on --resume, the backfill's).",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Dask LocalCluster workers."
+)
+@click.option("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786.")
+@click.option(
+    "--resume",
+    "resume",
+    is_flag=True,
+    help="Resume the latest backfill: its failed and interrupted runs, and the runs "
+    "that never started.",
+)
+@click.option("--id", "backfill_id", default=None, help="With --resume: this backfill's id.")
+def backfill_command(
+    markets,
+    periods,
+    categories,
+    patches,
+    configs,
+    executor,
+    workers,
+    scheduler,
+    resume,
+    backfill_id,
+) -> None:
+    """One run per market x period x category; prints progress and a summary table.
+
+    Exit status 1 when any run did not succeed, 2 for invalid arguments or config.
+    """
+    from toolkit import backfill as backfill_mod
+
+    if backfill_id and not resume:
+        _usage_exit("--id names the backfill to resume; add --resume")
+    if not resume and (not markets or not periods):
+        _usage_exit("give --market and --period (or --resume)")
+    try:
+        results = backfill_mod.backfill(
+            markets or (),
+            periods or (),
+            categories,
+            configs,
+            patches,
+            executor=executor,
+            executor_options={"workers": workers, "scheduler": scheduler},
+            progress=_progress,
+            resume=(backfill_id or True) if resume else False,
+        )
+    except (backfill_mod.BackfillError, config_mod.ConfigError) as exc:
+        _usage_exit(str(exc))
+    except backfill_mod.BackfillInterrupted as exc:
+        click.echo("\n" + backfill_mod.summary_table(exc.results))
+        click.echo(
+            f"\ninterrupted; `toolkit backfill --resume --id {exc.results[0]['backfill']}` "
+            "goes on from here",
+            err=True,
+        )
+        sys.exit(130)
+    except (*storage_errors(), *_dask_errors()) as exc:
+        click.echo(f"backfill failed: {exc}", err=True)
+        sys.exit(1)
+    click.echo("\n" + backfill_mod.summary_table(results))
+    if any(r["status"] != "succeeded" for r in results):
+        sys.exit(1)
+
+
+def _usage_exit(message: str) -> None:
+    click.echo(message, err=True)
+    sys.exit(2)
+
+
+def _dask_errors():
+    try:
+        from toolkit.dask_executor import DaskUnavailable
+    except ImportError:  # no Dask installed: the error says so when it is asked for
+        return ()
+    return (DaskUnavailable,)
 
 
 def storage_errors():
@@ -314,6 +418,12 @@ def runs_cancel(run_id) -> None:
     _record_or_exit(run_id)
     runner.cancel(run_id)
     click.echo(f"cancel requested for {run_id}")
+
+
+# The data scientist's commands: dev, new-step, validate, schemas.
+from toolkit import cli_dev  # noqa: E402 - registers on the group defined above
+
+cli_dev.register(main)
 
 
 if __name__ == "__main__":

@@ -56,20 +56,26 @@ def _shown(path: str | Path) -> str:
 @_patch_option
 @_config_option
 @click.option(
+    "--refresh",
+    is_flag=True,
+    help="Replace local copies of the inputs with the newest run's outputs for this config.",
+)
+@click.option(
     "--remove", is_flag=True, help="Remove the injected cell (every notebook if no STEP)."
 )
-def dev_command(step, patches, configs, remove) -> None:
+def dev_command(step, patches, configs, refresh, remove) -> None:
     """Inject STEP's parameters into its notebook, to run it interactively.
 
     The cell holds what STEP gets in `toolkit run` with the same --patch/--config: its run
-    identity, config section and the local paths of its inputs and outputs. Missing upstream
-    outputs are fetched from the storage root. Remove the cell before committing.
+    identity, config section and the local paths of its inputs and outputs. Inputs missing
+    locally come from the newest `toolkit run` with that config. Remove the cell before
+    committing.
     """
     from toolkit import notebooks
 
     if remove:
-        if patches or configs:
-            _fail("--remove takes no --patch or --config", 2)
+        if patches or configs or refresh:
+            _fail("--remove takes no --patch, --config or --refresh", 2)
         try:
             cleaned = notebooks.remove_injected(step)
         except notebooks.StepError as exc:
@@ -86,7 +92,7 @@ def dev_command(step, patches, configs, remove) -> None:
             "Usage: toolkit dev STEP [--patch ...] [--config ...] | toolkit dev [STEP] --remove", 2
         )
     try:
-        done = notebooks.inject(step, patches=patches, configs=configs)
+        done = notebooks.inject(step, patches=patches, configs=configs, refresh=refresh)
     except (notebooks.StepError, config_mod.ConfigError) as exc:
         _fail(str(exc), 2)
     except notebooks.MissingUpstreamError as exc:

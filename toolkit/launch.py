@@ -35,6 +35,10 @@ __all__ = [
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,119}$")
 LOG_TAIL_CHARS = 20_000
+# The process needs several seconds (Ploomber's import alone takes ~8 s) before it takes
+# the queued record over and starts beating; until then the record reads as queued for up
+# to 4 x this + 2 seconds instead of looking interrupted after 22 s.
+QUEUED_HEARTBEAT_SECONDS = 45.0
 
 
 class LaunchRefused(ValueError):
@@ -78,8 +82,8 @@ def launch_log(run_id: str, max_chars: int = LOG_TAIL_CHARS) -> str | None:
     except (OSError, ValueError):
         return None
     # Progress bars redraw with carriage returns; keep the last state of each line.
-    lines = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
-    return "\n".join(lines)[-max_chars:]
+    lines = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n")]
+    return "\n".join(lines).strip("\n")[-max_chars:]
 
 
 def _check_patch(patch: str) -> str:
@@ -116,9 +120,31 @@ def _environment(viewer: access.Viewer, root: str) -> dict[str, str]:
     return env
 
 
-def _reap(process: subprocess.Popen) -> None:
+def _watch(process: subprocess.Popen, run_id: str, root: str) -> None:
+    """Wait for the process (no zombies); if it died before taking the run over, say so."""
+    code = process.wait()
+    try:
+        record = runs.load(run_id, root)
+    except runs.RunNotFound:
+        return
+    if record.get("launched_from") != "app" or record.get("stored_status") != "queued":
+        return  # the process re-created the record: the run's own record tells the story
+    output = (launch_log(run_id, 3000) or "").strip()
+    record.pop("stored_status", None)
+    record.update(
+        status="failed",
+        finished_at=runs.now(),
+        error=f"the run's process exited with code {code} before the run started"
+        + (f"; its last output:\n{output}" if output else ""),
+    )
+    runs.save(record, root)
+
+
+def _reap(process: subprocess.Popen, run_id: str, root: str) -> None:
     # The app outlives its runs: wait for each so none lingers as a zombie.
-    threading.Thread(target=process.wait, daemon=True, name="toolkit-reaper").start()
+    threading.Thread(
+        target=_watch, args=(process, run_id, root), daemon=True, name="toolkit-reaper"
+    ).start()
 
 
 def launch(
@@ -159,7 +185,11 @@ def launch(
     # re-creates it with the same content when it starts (see the report for a CLI that
     # executes an existing record instead).
     record = runner.create(checked.resolved, patches=checked.patches, run_id=run_id)
-    record.update(launcher=viewer.launcher, launched_from="app")
+    record.update(
+        launcher=viewer.launcher,
+        launched_from="app",
+        heartbeat_seconds=QUEUED_HEARTBEAT_SECONDS,
+    )
     runs.save(record, root)
 
     path = log_path(run_id)
@@ -182,7 +212,7 @@ def launch(
         )
         runs.save(record, root)
         raise
-    _reap(process)
+    _reap(process, run_id, root)
     return Launched(run_id=run_id, pid=process.pid, argv=argv, log_path=path, record=record)
 
 

@@ -77,17 +77,16 @@ class Injection:
     product: dict[str, str] = field(default_factory=dict)  # this step's outputs, local
 
 
-def _load_dag(patches: Sequence[str], configs: Sequence[str], project_dir: Path, render: bool):
-    """The DAG for these layers, as ``toolkit run`` builds it."""
+def _load_dag(patches: Sequence[str], configs: Sequence[str], project_dir: Path):
+    """The rendered DAG for these layers, as ``toolkit run`` builds it."""
     from toolkit import config as config_mod
     from toolkit import pipeline, runner
 
     resolved = config_mod.resolve(configs=configs, patches=patches, project_dir=project_dir)
     env = runner.ploomber_env(resolved, configs, patches)
     dag = pipeline.load_dag(env, project_dir=project_dir)
-    if render:
-        # force: nothing is built here, so skip Ploomber's product status checks.
-        dag.render(force=True, show_progress=False)
+    # force: nothing is built here, so skip Ploomber's product status checks.
+    dag.render(force=True, show_progress=False)
     return dag, resolved
 
 
@@ -140,10 +139,10 @@ def _run_outputs(task, resolved) -> tuple[dict[str, dict[str, str]], list[str]]:
     return found, []
 
 
-def _ensure_upstream(task, resolved, patches, configs) -> tuple[dict, dict]:
-    """Local paths of the upstream products: fetched from the newest ``toolkit run`` with
-    this config, else kept from the build dir, else fetched through the File client
-    (``ploomber build``'s mirror under ``<root>/builds``)."""
+def _ensure_upstream(task, resolved, patches, configs, refresh) -> tuple[dict, dict]:
+    """Local paths of the upstream products: kept from the build dir (``refresh``: only when
+    no run has them), else fetched from the newest ``toolkit run`` with this config, else
+    through the File client (``ploomber build``'s mirror under ``<root>/builds``)."""
     from toolkit import storage
 
     published, problems = _run_outputs(task, resolved)
@@ -157,11 +156,13 @@ def _ensure_upstream(task, resolved, patches, configs) -> tuple[dict, dict]:
             label, local = f"{upstream_name}.{key}", Path(str(product))
             found[label] = str(local)
             url = published.get(upstream_name, {}).get(key)
+            # A local copy may be the user's own work (an upstream notebook run by hand):
+            # never overwrite it unless asked to.
+            if local.exists() and not (refresh and url):
+                continue
             if url:
                 storage.download_file(url, local)
                 fetched[label] = url
-                continue
-            if local.exists():
                 continue
             try:
                 product.download()  # the file, then Ploomber's metadata: its completion marker
@@ -195,22 +196,24 @@ def inject(
     patches: Iterable[str] = (),
     configs: Iterable[str] = (),
     project_dir: Path | str = PROJECT_DIR,
+    refresh: bool = False,
 ) -> Injection:
     """Write the rendered parameters cell into ``notebooks/<step>.py`` for interactive work.
 
     The cell holds what the step gets in a real run with these layers: its ``run`` identity,
     its ``config`` section and the local paths of its ``upstream`` and ``product`` files.
-    Upstream outputs of the newest ``toolkit run`` with the same effective config are
-    fetched from storage; otherwise local build-dir files are used, or fetched from
-    ``ploomber build``'s mirror under ``<root>/builds``. The
-    step's own local build records are dropped, so outputs written by hand are never taken
-    for a build: the next ``toolkit run`` re-runs the step or restores them from storage.
+    Upstream outputs missing from the local build dir are fetched from the newest ``toolkit
+    run`` with the same effective config, else from ``ploomber build``'s mirror under
+    ``<root>/builds``. The step's own local build records are dropped, so outputs written
+    by hand are never taken for built ones: ``ploomber build`` re-runs the step or restores
+    them from storage (``toolkit run`` never reads the local build dir).
 
     Args:
         step: Task name in ``pipeline.yaml``.
         patches: ``key.path=value`` config patches, as for ``toolkit run --patch``.
         configs: Extra config layer URLs, as for ``toolkit run --config``.
         project_dir: The repository holding ``pipeline.yaml``.
+        refresh: Replace local upstream copies with the newest run's outputs.
 
     Returns:
         The notebook written and the files its cell points to.
@@ -221,13 +224,13 @@ def inject(
         toolkit.config.ConfigError: the layers do not resolve.
     """
     patches, configs = list(patches), list(configs)
-    dag, resolved = _load_dag(patches, configs, Path(project_dir), render=True)
+    dag, resolved = _load_dag(patches, configs, Path(project_dir))
     task = _notebook_task(dag, step)
-    upstream, downloaded = _ensure_upstream(task, resolved, patches, configs)
+    upstream, downloaded = _ensure_upstream(task, resolved, patches, configs, refresh)
     task.source.save_injected_cell()
     # Running the notebook by hand overwrites this step's local outputs: drop their build
-    # record so the next `toolkit run` re-runs the step or restores them from storage
-    # (Ploomber's own Jupyter integration does the same on save).
+    # record so `ploomber build` re-runs the step or restores them from storage (Ploomber's
+    # own Jupyter integration does the same on save).
     task.product.metadata.delete()
     cfg = resolved.config
     return Injection(
@@ -259,23 +262,32 @@ def remove_injected(step: str | None = None, project_dir: Path | str = PROJECT_D
     Raises:
         StepError: ``step`` is not a notebook task of the pipeline.
     """
-    dag, _ = _load_dag((), (), Path(project_dir), render=False)
-    if step is None:
-        tasks = [t for t in dag.values() if hasattr(t.source, "remove_injected_cell")]
-    else:
-        tasks = [_notebook_task(dag, step)]
+    # Sources straight from pipeline.yaml, no DAG: cleaning up must work even when the
+    # config or a dotted-path param does not resolve.
+    from ploomber.sources.notebooksource import NotebookSource
+
+    project_dir = Path(project_dir)
+    pipeline_file = project_dir / "pipeline.yaml"
+    tasks = _pipeline_tasks(pipeline_file.read_text(), str(pipeline_file))
+    sources = {
+        name: project_dir / str(task["source"])
+        for name, task in tasks.items()
+        if Path(str(task["source"])).suffix in (".py", ".ipynb")
+    }
+    if step is not None and step not in sources:
+        raise StepError(f"unknown step {step!r}: pipeline.yaml has {', '.join(sources)}")
     cleaned = []
-    for task in tasks:
-        path = Path(task.source.loc)
-        if not _injection_problems(path):
+    for path in [sources[step]] if step else list(sources.values()):
+        if not path.is_file() or not _injection_problems(path):
             continue
-        task.source.remove_injected_cell()
+        NotebookSource(path).remove_injected_cell()
         _drop_notebook_metadata(path)
         cleaned.append(path)
     return cleaned
 
 
 def _drop_notebook_metadata(path: Path) -> None:
+    """Rewrite a text notebook without the header Ploomber's cell handling leaves in it."""
     import jupytext
 
     if path.suffix == ".ipynb":
@@ -359,8 +371,8 @@ def _camel(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_"))
 
 
-def _pipeline_tasks(text: str, source: str) -> dict[str, object]:
-    """Task name -> its product, read from ``pipeline.yaml``'s text."""
+def _pipeline_tasks(text: str, source: str) -> dict[str, dict]:
+    """Task name -> its spec (``source``, ``product``, ...), read from ``pipeline.yaml``."""
     import yaml
 
     try:
@@ -371,7 +383,7 @@ def _pipeline_tasks(text: str, source: str) -> dict[str, object]:
     for task in spec.get("tasks") or []:
         if isinstance(task, dict) and task.get("source"):
             name = task.get("name") or Path(str(task["source"])).stem
-            tasks[str(name)] = task.get("product")
+            tasks[str(name)] = task
     return tasks
 
 
@@ -417,13 +429,14 @@ def _upstream_data(after: str, tasks: dict, schemas_text: str) -> tuple[str, str
     def parquet_data(product) -> bool:
         return isinstance(product, dict) and str(product.get("data", "")).endswith(".parquet")
 
-    readable = [name for name, product in tasks.items() if parquet_data(product)]
+    readable = [name for name, task in tasks.items() if parquet_data(task.get("product"))]
     if after not in tasks:
         raise StepError(
             f"--after {after!r} is not a step in pipeline.yaml; steps: {', '.join(tasks)}"
         )
-    if not parquet_data(tasks[after]):
-        products = tasks[after] if isinstance(tasks[after], dict) else {"product": tasks[after]}
+    product = tasks[after].get("product")
+    if not parquet_data(product):
+        products = product if isinstance(product, dict) else {"product": product}
         raise StepError(
             f"step {after!r} has no parquet `data` product (it writes {', '.join(products)}), "
             f"so a new step cannot read its output through a contract; "

@@ -391,6 +391,8 @@ def execute(
                         duration_s=duration,
                     )
                     recorder.event(f"{position}: failed: {result['error'].splitlines()[-1]}")
+            if beat.cancelled:  # the notebook may have turned the interrupt into an error
+                raise KeyboardInterrupt
         if failed:
             recorder.update(
                 status="failed",
@@ -403,8 +405,10 @@ def execute(
     except KeyboardInterrupt:
         status = "cancelled" if beat.cancelled else "interrupted"
         for name, step in record["steps"].items():
-            if step.get("status") == "running":
+            if step.get("status") in ("running", "failed") and not step.get("finished_at"):
                 recorder.step(name, status=status, finished_at=runs.now())
+            elif step.get("status") == "running":
+                recorder.step(name, status=status)
         recorder.update(status=status, finished_at=runs.now(), error=f"run {status}")
         recorder.event(f"run {status}")
         if beat.cancelled:

@@ -120,12 +120,24 @@ def effective_status(record: dict[str, Any], at: dt.datetime | None = None) -> s
 def list_runs(root: str | None = None) -> list[dict[str, Any]]:
     """Every readable run record, newest first. Listings are never cached."""
     base = runs_url(root)
+    ids = storage.listdir(base)
+    # One batched read: s3fs fetches the records concurrently.
+    fs, _ = storage.filesystem(base)
+    paths = {storage.filesystem(record_url(i, root))[1]: i for i in ids}
+    blobs = fs.cat(list(paths), on_error="return") if paths else {}
     records = []
-    for run_id in storage.listdir(base):
+    for path, run_id in paths.items():
         try:
-            records.append(load(run_id, root))
-        except RunNotFound as exc:
-            records.append({"id": run_id, "status": "unreadable", "error": str(exc)})
+            record = json.loads(blobs.get(path) or b"")
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            records.append({"id": run_id, "status": "unreadable",
+                            "error": f"run record {record_url(run_id, root)} is corrupt: {exc}"})
+            continue
+        record["stored_status"] = record.get("status")
+        record["status"] = effective_status(record)
+        records.append(record)
     return sorted(records, key=lambda r: r.get("created_at") or "", reverse=True)
 
 

@@ -88,7 +88,9 @@ if kpi_url:
 cards = app_api.kpi_cards(kpis, app_api.currency_of(catalog))
 if cards:
     for card, column in zip(cards, st.columns(len(cards)), strict=True):
-        column.metric(card["label"], card["value"], card["delta"], help=card["help"], border=True)
+        column.metric(
+            ui.md(card["label"]), card["value"], card["delta"], help=card["help"], border=True
+        )
 elif status == "succeeded":
     st.info("This run has no plan KPIs.", icon=":material/info:")
 
@@ -123,10 +125,12 @@ with tab_recs:
                 "Name"
             ].str.contains(needle.strip(), case=False, regex=False)
             table = table[mask]
+        currency = app_api.currency_of(catalog) or "market currency"
         st.caption(
-            f"{len(table)} products. Click a column header to sort. Prices in "
-            f"{app_api.currency_of(catalog) or 'market currency'}; changes are over the "
-            "forecast horizon."
+            ui.md(
+                f"{len(table)} products. Click a column header to sort. Prices in {currency}; "
+                "changes are over the forecast horizon."
+            )
         )
         money = st.column_config.NumberColumn(format="%.2f")
         whole = st.column_config.NumberColumn(format="%+,.0f")

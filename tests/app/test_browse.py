@@ -92,7 +92,9 @@ def test_check_url_refuses_record_urls_outside_a_local_root(tree, url):
 
 def test_check_url_for_an_object_store_root():
     root = "s3://bucket/prefix"
-    assert browse.check_url(root, "s3://bucket/prefix/runs/a.json") == "s3://bucket/prefix/runs/a.json"
+    assert (
+        browse.check_url(root, "s3://bucket/prefix/runs/a.json") == "s3://bucket/prefix/runs/a.json"
+    )
     for url in (
         "s3://bucket/prefix2/runs/a.json",
         "s3://bucket/other/a.json",

@@ -151,8 +151,8 @@ def test_bad_identities_are_refused_before_any_file_is_read(identity):
 
 
 def test_a_valid_form_resolves_to_identity_and_change_patches():
-    base = forms.values_of(forms.baseline(US))
     identity = forms.Identity("US", "2026-11", "electronics")
+    base = forms.values_of(forms.baseline(identity))
     checked = forms.check(identity, dict(base, **{"forecast.horizon": 8}))
     assert checked.ok
     assert checked.patches == [

@@ -1,0 +1,164 @@
+"""Launching: an argv list, never a shell; hostile values are refused or stay plain data."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from toolkit import access, forms, launch, runs, storage
+from toolkit import config as config_mod
+
+US = forms.Identity("US", "2026-11")
+LOCAL = access.Viewer.local_user()
+HOSTILE = ["US; touch x", "$(touch x)", "`touch x`", "--help", "x && touch x", "| touch x"]
+
+
+def values(**changes):
+    base = forms.values_of(forms.baseline(US))
+    return dict(base, **changes)
+
+
+def test_argv_is_a_list_with_each_patch_attached_to_its_option():
+    checked = forms.check(US, values(**{"optimize.weights.revenue": 0.55}))
+    argv = launch.build_argv("20261129-010203-US-2026-11-abcdef", checked.patches)
+    assert argv[:6] == [
+        sys.executable,
+        "-m",
+        "toolkit.cli",
+        "run",
+        "--run-id",
+        "20261129-010203-US-2026-11-abcdef",
+    ]
+    assert argv[6:] == [
+        '--patch=country="US"',
+        '--patch=period="2026-11"',
+        '--patch=category="all"',
+        "--patch=optimize.weights.revenue=0.55",
+    ]
+
+
+@pytest.mark.parametrize("run_id", ["../x", "a b", "; touch x", "-rf", "", "x" * 200])
+def test_argv_refuses_odd_run_ids(run_id):
+    with pytest.raises(ValueError):
+        launch.build_argv(run_id, [])
+
+
+@pytest.mark.parametrize(
+    "patch", ["shell=$(id)", "optimize.weights.revenue; touch x=1", "output.endpoint={a: 1}"]
+)
+def test_argv_refuses_keys_outside_the_model_and_non_literals(patch):
+    with pytest.raises((ValueError, config_mod.ConfigError)):
+        launch.build_argv("run-1", [patch])
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_hostile_identity_values_are_refused_and_nothing_runs(
+    local_root, tmp_path, monkeypatch, hostile
+):
+    monkeypatch.chdir(tmp_path)
+    for identity in (
+        forms.Identity(hostile, "2026-11"),
+        forms.Identity("US", hostile),
+        forms.Identity("US", "2026-11", hostile),
+    ):
+        with pytest.raises(launch.LaunchRefused):
+            launch.launch(identity, values(), LOCAL, access.AppSettings())
+    with pytest.raises(launch.LaunchRefused):
+        launch.launch(US, values(**{"output.endpoint": hostile}), LOCAL, access.AppSettings())
+    assert storage.listdir(storage.join(local_root, "runs")) == []
+    assert not (tmp_path / "x").exists()
+
+
+def cli(patches, cwd):
+    """What the launched process would read from these patches: `toolkit config show`."""
+    argv = launch.build_argv("run-1", patches)
+    assert argv[3:6] == ["run", "--run-id", "run-1"]
+    argv[3:6] = ["config", "show", "--json"]  # same interpreter, same patch arguments
+    env = dict(os.environ, PLOOMBER_STATS_ENABLED="false")
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_shell_syntax_in_an_accepted_value_reaches_the_run_as_plain_text(tmp_path):
+    endpoint = "https://example.com/hook?q=$(touch${IFS}x)&r=`touch${IFS}x`;touch${IFS}x|id"
+    checked = forms.check(US, values(**{"output.endpoint": endpoint}))
+    assert checked.ok
+    result = cli(checked.patches, tmp_path)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["output.endpoint"] == {
+        "value": endpoint,
+        "origin": f"--patch {checked.changes[0]}",
+    }
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_option_like_value_is_a_value_not_an_option(tmp_path):
+    result = cli(['output.endpoint="--help"'], tmp_path)
+    assert result.returncode == 2
+    assert "Usage:" not in result.stdout + result.stderr
+    assert "output.endpoint" in result.stderr and "--help" in result.stderr
+
+
+def test_a_refused_launch_says_why_per_field(local_root):
+    zero = {f"optimize.weights.{k}": 0.0 for k in ("revenue", "margin", "volume")}
+    with pytest.raises(launch.LaunchRefused) as caught:
+        launch.launch(US, values(**zero), LOCAL, access.AppSettings())
+    assert caught.value.problems[0].group == "weights"
+    assert storage.listdir(storage.join(local_root, "runs")) == []
+
+
+def test_a_market_without_data_is_refused_before_anything_is_written(local_root):
+    with pytest.raises(launch.LaunchRefused, match="no sales data"):
+        launch.launch(US, values(), LOCAL, access.AppSettings())
+    assert storage.listdir(storage.join(local_root, "runs")) == []
+
+
+def test_launch_log_is_only_read_for_valid_ids(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOOLKIT_APP_LOG_DIR", str(tmp_path))
+    (tmp_path / "run-1.log").write_text("line 1\nprogress 10%\rprogress 100%\n")
+    assert launch.launch_log("run-1") == "line 1\nprogress 100%"
+    assert launch.launch_log("../etc/passwd") is None
+
+
+def fake_raw_data(root):
+    storage.write_bytes(storage.raw_url("US", "catalog", root), b"not read by these tests")
+
+
+def test_a_process_that_dies_before_starting_fails_the_run_with_its_output(local_root, monkeypatch):
+    fake_raw_data(local_root)
+    crash = [sys.executable, "-c", "import sys; print('cannot import toolkit'); sys.exit(3)"]
+    monkeypatch.setattr(launch, "build_argv", lambda run_id, patches: crash)
+    launched = launch.launch(US, values(), LOCAL, access.AppSettings())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        record = runs.load(launched.run_id)
+        if record["status"] != "queued":
+            break
+        time.sleep(0.2)
+    assert record["status"] == "failed"
+    assert "exited with code 3 before the run started" in record["error"]
+    assert "cannot import toolkit" in record["error"]
+
+
+def test_a_queued_record_waits_for_its_slow_process(local_root, monkeypatch):
+    fake_raw_data(local_root)
+    idle = [sys.executable, "-c", "import time; time.sleep(30)"]
+    monkeypatch.setattr(launch, "build_argv", lambda run_id, patches: idle)
+    launched = launch.launch(US, values(), LOCAL, access.AppSettings())
+    try:
+        record = runs.load(launched.run_id)
+        assert record["status"] == "queued"
+        assert record["launcher"] == LOCAL.launcher
+        later = runs.parse_time(record["created_at"]) + dt.timedelta(seconds=60)
+        assert runs.effective_status(record, at=later) == "queued"  # not "interrupted"
+        much_later = later + dt.timedelta(minutes=5)
+        assert runs.effective_status(record, at=much_later) == "interrupted"
+    finally:
+        os.kill(launched.pid, signal.SIGKILL)

@@ -263,19 +263,19 @@ def test_inject_after_toolkit_run_fetches_from_the_run_cache(built, ran, tmp_pat
     # In the copy's own interpreter, as a data scientist would run it there.
     script = (
         "import json; from toolkit import notebooks; "
-        "done = notebooks.inject('price_elasticity'); "
-        "print(json.dumps({'downloaded': done.downloaded, 'upstream': done.upstream})); "
+        "done = [notebooks.inject('price_elasticity', refresh=r) for r in (False, False, True)]; "
+        "print(json.dumps([[d.downloaded, d.upstream] for d in done])); "
         "notebooks.remove_injected('price_elasticity')"
     )
     env = environment(project, ran, build_dir)
-    done = json.loads(run([BIN / "python", "-c", script], env, cwd=project).stdout)
-    assert done["downloaded"] == {
-        "forecast.data": published["data"],
-        "forecast.accuracy": published["accuracy"],
-    }
-    local = Path(done["upstream"]["forecast.data"])
+    first, again, refreshed = json.loads(run([BIN / "python", "-c", script], env, project).stdout)
+    fetched = {"forecast.data": published["data"], "forecast.accuracy": published["accuracy"]}
+    assert first[0] == fetched
+    local = Path(first[1]["forecast.data"])
     assert local == build_dir / PREFIX / "forecast" / "forecasts.parquet"
     assert local.read_bytes() == Path(published["data"]).read_bytes()
+    assert again[0] == {}  # local copies are kept: they may be the user's own work
+    assert refreshed[0] == fetched
     assert (project / "notebooks" / "price_elasticity.py").read_text() == built["scaffold"]
 
 

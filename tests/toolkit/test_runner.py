@@ -361,3 +361,28 @@ def test_effective_status_turns_interrupted_without_heartbeat():
     assert runs.effective_status(record, at=now) == "running"
     assert runs.effective_status(record, at=now + dt.timedelta(seconds=30)) == "interrupted"
     assert runs.effective_status({**record, "status": "succeeded"}, at=now) == "succeeded"
+
+
+def test_cancel_stops_a_running_run(local_store):
+    env = toolkit_env(local_store)
+    proc = subprocess.Popen(
+        TOOLKIT + ["run", "--patch", "forecast.horizon=7"],
+        env=env,
+        cwd=PROJECT_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    run_id = run_id_from(proc.stdout.readline() + "\n")
+    wait_for(
+        lambda: (
+            record_of(local_store, run_id)["steps"].get("forecast", {}).get("status") == "running"
+        )
+    )
+    toolkit(["runs", "cancel", run_id], env)
+    assert proc.wait(timeout=120) == 1
+    record = record_of(local_store, run_id)
+    assert record["status"] == "cancelled"
+    assert record["steps"]["forecast"]["status"] == "cancelled"
+    assert "optimize" not in record["steps"]

@@ -1,0 +1,139 @@
+"""Where the time of a run goes: import costs and the per-notebook cost of each engine.
+
+Each import figure is a whole process (``python -c "import X"``), median of a few, so it
+includes the interpreter start (measured alone too). The notebook figures are measured
+inside one process with the engine already imported: executing a one-cell and a
+21-cell trivial notebook with papermill (a fresh Jupyter kernel per notebook, as each
+`toolkit run` step does) and with ploomber-engine (in-process, no kernel).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.bench_pipeline import PROJECT_DIR, base_env
+from benchmarks.harness import measure, median
+
+IMPORTS = {
+    "interpreter": "pass",
+    "toolkit.config (any toolkit command)": "import toolkit.cli",
+    "toolkit.runner (imports ploomber, papermill, nbformat, ...)": "import toolkit.runner",
+    "a step's own imports (pandas, pyarrow, pandera, toolkit.io)": (
+        "from toolkit import io, schemas, transform"
+    ),
+    "statsmodels (toolkit.forecasting; `toolkit run` prints a summary)": (
+        "import toolkit.forecasting"
+    ),
+}
+
+_ENGINE_SCRIPT = r"""
+import json, statistics, sys, tempfile, time
+from pathlib import Path
+import nbformat
+
+engine, repeats = sys.argv[1], int(sys.argv[2])
+work = Path(tempfile.mkdtemp(prefix="bench-nb-"))
+
+def notebook(n_cells):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1") for _ in range(n_cells)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    path = work / f"nb{n_cells}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+if engine == "papermill":
+    import papermill as pm
+    def execute(path):
+        pm.execute_notebook(str(path), str(path.with_suffix(".out.ipynb")), kernel_name="python3",
+                            progress_bar=False, log_output=False)
+else:
+    import ploomber_engine as pe
+    def execute(path):
+        pe.execute_notebook(str(path), str(path.with_suffix(".out.ipynb")), log_output=False,
+                            progress_bar=False)
+
+result = {}
+for cells in (1, 21):
+    path = notebook(cells)
+    execute(path)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        execute(path)
+        times.append(time.perf_counter() - start)
+    result[cells] = statistics.median(times)
+print(json.dumps(result))
+"""
+
+# Facts about the current code that the findings depend on.
+_PROBE = """
+import inspect, json, sys
+import toolkit.runner as runner
+print(json.dumps({
+    "runner_imports_ploomber": "ploomber" in sys.modules,
+    "summary_imports_statsmodels": "forecasting" in inspect.getsource(runner.summary),
+}))
+"""
+
+
+def run(workdir: Path, repeats: int = 3) -> dict:
+    """Import costs (seconds) and per-notebook / per-cell costs of each engine."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = base_env(str(workdir / "root"))
+    imports = {}
+    for label, code in IMPORTS.items():
+        samples = [
+            measure(label, [sys.executable, "-c", code], env, PROJECT_DIR, workdir / "import.log")
+            for _ in range(repeats + 1)
+        ][1:]  # the first is a warm-up
+        imports[label] = median(samples)
+    engines = {}
+    for engine in ("papermill", "ploomber-engine"):
+        out = subprocess.run(  # noqa: S603
+            [sys.executable, "-c", _ENGINE_SCRIPT, engine, str(max(repeats, 2))],
+            cwd=PROJECT_DIR,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        times = json.loads(out.stdout.strip().splitlines()[-1])
+        one, many = times["1"], times["21"]
+        engines[engine] = {"notebook": one, "per_cell": (many - one) / 20}
+    probe = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", _PROBE], cwd=PROJECT_DIR, env=env, check=True,
+        capture_output=True, text=True,
+    )
+    loaded = json.loads(probe.stdout.strip().splitlines()[-1])
+    return {"imports": imports, "engines": engines, "repeats": repeats, "loaded": loaded}
+
+
+def summary_lines(data: dict) -> list[str]:
+    """Markdown lines for results.md."""
+    base = data["imports"]["interpreter"]
+    lines = [
+        "| what | seconds |",
+        "|---|---|",
+    ]
+    for label, seconds in data["imports"].items():
+        extra = "" if label == "interpreter" else f" (+{seconds - base:.2f} over the interpreter)"
+        lines.append(f"| `import` {label} | {seconds:.2f}{extra} |")
+    for engine, costs in data["engines"].items():
+        how = "fresh kernel per notebook" if engine == "papermill" else "in-process, no kernel"
+        lines.append(
+            f"| {engine} ({how}): one trivial notebook | {costs['notebook']:.2f} |"
+        )
+        lines.append(f"| {engine}: each further trivial cell | {costs['per_cell']:.3f} |")
+    lines.append("")
+    lines.append(
+        f"Imports: whole processes, median of {data['repeats']} after a warm-up. Notebooks: "
+        "one process per engine with the engine imported, median after a warm-up."
+    )
+    return lines
+
+

@@ -1,0 +1,160 @@
+"""Measuring whole processes: wall time, peak memory of the process tree, paired ratios.
+
+Every timing is one whole process (interpreter start, imports, work, exit), started by
+``measure``. Comparisons are ratios of two commands timed in the same session, alternated
+round by round (A B A B ...), each side summarised by its median after a warm-up round.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "CommandFailed",
+    "Row",
+    "Sample",
+    "measure",
+    "median",
+    "paired_ratios",
+    "run_rounds",
+]
+
+POLL_SECONDS = 0.05
+
+
+class CommandFailed(RuntimeError):
+    """A benchmarked command exited non-zero; the message holds the tail of its log."""
+
+
+@dataclass
+class Sample:
+    """One timed process."""
+
+    name: str
+    seconds: float
+    tree_rss_peak: int  # bytes: peak of the summed RSS of the process and its descendants
+    max_rss: int  # bytes: the largest single process of the tree (wait4 ru_maxrss)
+    log: Path | None = None
+
+
+@dataclass
+class Row:
+    """One line of results.md."""
+
+    id: str
+    what: str
+    value: str  # the headline figure, e.g. "1.42" or "0.8 s"
+    target: str
+    verdict: str  # met / missed / reported / pending
+    detail: str = ""
+    ratio: float | None = None  # for the plot
+    target_value: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _tree_rss(root) -> int:
+    import psutil
+
+    total = 0
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def measure(
+    name: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str | Path,
+    log: Path,
+) -> Sample:
+    """Run ``argv`` to completion; its output goes to ``log``. Raises ``CommandFailed``."""
+    import psutil
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    peak = 0
+    done = threading.Event()
+    with open(log, "wb") as out:
+        started = time.perf_counter()
+        process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+            list(argv), cwd=str(cwd), env=dict(env), stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            root = psutil.Process(process.pid)
+        except psutil.Error:
+            root = None
+
+        def poll() -> None:
+            nonlocal peak
+            while not done.is_set() and root is not None:
+                peak = max(peak, _tree_rss(root))
+                done.wait(POLL_SECONDS)
+
+        poller = threading.Thread(target=poll, daemon=True, name="bench-rss")
+        poller.start()
+        try:
+            # wait4 (not waitpid) also gives the child's rusage: ru_maxrss covers the
+            # largest process among it and the descendants it waited for (kernels).
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            done.set()
+        seconds = time.perf_counter() - started
+        poller.join()
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise CommandFailed(f"{name}: {' '.join(argv)} exited {process.returncode}\n{tail}")
+    return Sample(name, seconds, peak, usage.ru_maxrss * 1024, log)
+
+
+def run_rounds(
+    schedule: Callable[[int], Sequence[tuple[str, Callable[[], Sample]]]],
+    rounds: int,
+    warmup: Sequence[tuple[str, Callable[[], Sample]]] = (),
+    progress: Callable[[str], None] = print,
+) -> dict[str, list[Sample]]:
+    """Run the warm-up steps (discarded), then ``rounds`` rounds of ``schedule(round)``.
+
+    ``schedule`` returns the round's (name, thunk) pairs in the order to run them, so
+    related commands alternate (A B A B ...) and may swap order between rounds.
+    """
+    for name, thunk in warmup:
+        sample = thunk()
+        progress(f"  warm-up {name}: {sample.seconds:.1f} s")
+    samples: dict[str, list[Sample]] = {}
+    for number in range(rounds):
+        for name, thunk in schedule(number):
+            sample = thunk()
+            samples.setdefault(name, []).append(sample)
+            progress(
+                f"  round {number + 1}/{rounds} {name}: {sample.seconds:.1f} s, "
+                f"peak {sample.tree_rss_peak / 2**20:,.0f} MiB"
+            )
+    return samples
+
+
+def median(samples: Sequence[Sample], attr: str = "seconds") -> float:
+    return statistics.median(getattr(s, attr) for s in samples)
+
+
+def paired_ratios(numerator: Sequence[Sample], denominator: Sequence[Sample]) -> list[float]:
+    """Round-by-round ratios: each pair ran back to back, under the same machine load."""
+    return [a.seconds / b.seconds for a, b in zip(numerator, denominator, strict=True)]

@@ -1,0 +1,328 @@
+"""Run steps on Dask: a private local cluster on 127.0.0.1, or an existing scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any
+
+try:
+    from distributed import WorkerPlugin
+except ImportError:  # the "scale" extra is not installed; DaskExecutor says so
+    WorkerPlugin = object
+
+__all__ = ["DaskExecutor", "DaskUnavailable", "StepFuture", "StepLost"]
+
+# How often a blocked submit or wait looks up: a stop request is honoured within this.
+POLL_SECONDS = 1.0
+
+
+class DaskUnavailable(RuntimeError):
+    """No cluster to run on: the scheduler is unreachable or a local cluster did not start."""
+
+
+class StepLost(RuntimeError):
+    """A step never returned: the workers running it died, or the cluster dropped it."""
+
+
+class _PrivateTemp(WorkerPlugin):
+    """Worker plugin: the worker's temporary files go into its own local directory.
+
+    ``execute_step`` makes its workspace with ``tempfile``; on a shared host this keeps
+    each worker's files apart, and a killed worker's leftovers go with its directory.
+    """
+
+    name = "toolkit-private-temp"
+    idempotent = True
+
+    def setup(self, worker) -> None:
+        """Point ``tempfile`` and ``TMPDIR`` at ``<worker local directory>/tmp``."""
+        folder = os.path.join(worker.local_directory, "tmp")
+        os.makedirs(folder, exist_ok=True)
+        os.environ["TMPDIR"] = folder  # the notebook kernels this worker starts, too
+        tempfile.tempdir = folder
+
+
+class StepFuture:
+    """A submitted step: a Dask future whose failures read as step failures."""
+
+    def __init__(self, dask_future, label: str):
+        self.dask_future = dask_future
+        self.label = label
+
+    @property
+    def key(self) -> str:
+        return self.dask_future.key
+
+    def done(self) -> bool:
+        return self.dask_future.done()
+
+    def cancel(self) -> None:
+        self.dask_future.cancel()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The step's return value.
+
+        Raises:
+            StepLost: its workers died more often than the scheduler allows (Dask's
+                ``KilledWorker``), or the cluster cancelled it.
+        """
+        from concurrent.futures import CancelledError
+
+        from distributed.scheduler import KilledWorker
+
+        try:
+            return self.dask_future.result(timeout=timeout)
+        except KilledWorker as exc:
+            retries = exc.allowed_failures
+            raise StepLost(
+                f"worker lost while running step {self.label} (KilledWorker: {retries + 1} "
+                f"worker process(es) died while running it, the last {exc.last_worker.address}),"
+                f" retried {retries} time{'s' if retries != 1 else ''}; the Dask worker logs "
+                "say why (out of memory, killed by the OS, a crash in native code)"
+            ) from None
+        except CancelledError as exc:
+            raise StepLost(
+                f"step {self.label} was cancelled on the Dask cluster ({exc}); the scheduler "
+                "restarted or the connection to it was lost"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"StepFuture({self.label!r}, {self.dask_future.status})"
+
+
+class DaskExecutor:
+    """Runs each step as a Dask task, on a private local cluster or an existing scheduler.
+
+    A step's task reads and writes only the storage root, so it may run on any worker.
+    A task whose worker dies is retried by Dask on another worker; once the scheduler's
+    budget of worker deaths for it is spent, its future raises ``StepLost``, which the
+    run records as a failed step.
+
+    One executor may be shared by several runs in threads (``shared=``): each run gets a
+    light executor over the same client, cancels only its own tasks on close, and all
+    runs' steps interleave on the same workers.
+    """
+
+    name = "dask"
+
+    def __init__(
+        self,
+        workers: int = 2,
+        scheduler: str | None = None,
+        retries: int = 2,
+        *,
+        shared: DaskExecutor | None = None,
+        stop: threading.Event | None = None,
+    ):
+        """Connect to ``scheduler`` or start a local cluster of ``workers`` processes.
+
+        Args:
+            workers: worker processes of a local cluster (one thread each); unused with
+                a scheduler.
+            scheduler: address of an existing scheduler, e.g. ``tcp://host:8786``; when
+                None, ``DASK_SCHEDULER_ADDRESS``; when neither, a local cluster.
+            retries: times a step is retried after a worker dies running it (on a local
+                cluster; an existing scheduler applies its own
+                ``distributed.scheduler.allowed-failures``) or after it raises.
+            shared: an executor to borrow the client, retries and slots from; it is not
+                closed by this one. ``workers``, ``scheduler`` and ``retries`` are then
+                ignored.
+            stop: when set, a blocked ``submit``/``wait_any`` raises ``KeyboardInterrupt``
+                so the run stops like on Ctrl-C (see ``interrupt``).
+
+        Raises:
+            DaskUnavailable: the scheduler cannot be reached or the cluster cannot start.
+        """
+        if WorkerPlugin is object:
+            raise DaskUnavailable("Dask is not installed: pip install 'toolkit[scale]'")
+        self.stop = stop or threading.Event()
+        self._mine: list[StepFuture] = []
+        self._lock = threading.Lock()
+        self.cluster = None
+        self._tmp: str | None = None
+        if shared is not None:
+            self.client, self.retries, self._slots = shared.client, shared.retries, shared._slots
+            self.address, self._owner = shared.address, False
+            return
+        if int(workers) < 1 or int(retries) < 0:
+            raise ValueError(f"need workers >= 1 and retries >= 0, got {workers} and {retries}")
+        self.retries, self._owner = int(retries), True
+        address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+        if address:
+            self.client = _connect(address)
+            # The cluster may be shared and adaptive: it decides how many tasks run where.
+            self._slots = None
+        else:
+            self.client = self._start_local(int(workers))
+            # Hand a worker one task at a time: the scheduler counts a worker's death
+            # against every task it holds, so a queued bystander would burn its retries.
+            self._slots = threading.BoundedSemaphore(int(workers))
+        self.address = self.client.scheduler.address
+
+    def _start_local(self, workers: int):
+        import dask
+        from distributed import Client, LocalCluster
+
+        self._tmp = tempfile.mkdtemp(prefix="toolkit-dask-")
+        # Worker deaths a task survives: ``retries`` is the one knob for both kinds of retry.
+        settings = {"distributed.scheduler.allowed-failures": self.retries}
+        try:
+            with dask.config.set(settings):
+                self.cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",  # scheduler, nannies and workers: loopback only
+                    scheduler_port=0,
+                    dashboard_address=None,  # no dashboard ...
+                    # ... and the scheduler's HTTP server (health, metrics) on a random
+                    # loopback port rather than the default :8787.
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                    worker_dashboard_address=None,
+                    local_directory=self._tmp,  # each worker makes its own folder in it
+                    silence_logs=logging.ERROR,
+                )
+                client = Client(self.cluster)
+            client.register_plugin(_PrivateTemp())
+        except Exception as exc:
+            self._close_cluster()
+            raise DaskUnavailable(
+                f"could not start a local Dask cluster of {workers} workers: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return client
+
+    def submit(self, fn, *args) -> StepFuture:
+        """Run ``fn(*args)`` on the cluster; a unique task per call, retried ``retries`` times.
+
+        Raises:
+            KeyboardInterrupt: the executor was asked to stop (``interrupt``).
+        """
+        label = _label(fn, args)
+        if self._slots is not None:
+            while not self._slots.acquire(timeout=POLL_SECONDS):
+                self._check_stop()
+        self._check_stop_releasing()
+        try:
+            future = self.client.submit(
+                fn,
+                *args,
+                key=f"{label.replace(' ', '-')}-{uuid.uuid4().hex[:12]}",
+                pure=False,
+                retries=self.retries,
+            )
+        except BaseException:
+            if self._slots is not None:
+                self._slots.release()
+            raise
+        if self._slots is not None:
+            slots = self._slots
+            future.add_done_callback(lambda _: slots.release())
+        step = StepFuture(future, label)
+        with self._lock:
+            self._mine.append(step)
+        return step
+
+    def wait_any(self, futures) -> tuple[list[StepFuture], list[StepFuture]]:
+        """Block until at least one of ``futures`` is done; return (done, not done).
+
+        Raises:
+            KeyboardInterrupt: the executor was asked to stop (``interrupt``).
+        """
+        from distributed import wait
+        from distributed.client import FuturesCancelledError
+
+        futures = list(futures)
+        if not futures:
+            return [], []
+        by_task = {f.dask_future: f for f in futures}
+        while True:
+            self._check_stop()
+            try:
+                # Wake up now and then so a stop request is seen while steps run.
+                wait(list(by_task), timeout=POLL_SECONDS, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                continue
+            except FuturesCancelledError:
+                pass  # a cancelled task is done; its result() says why
+            done = [f for f in futures if f.done()]
+            return done, [f for f in futures if not f.done()]
+
+    def interrupt(self) -> None:
+        """Stop the run using this executor: its next submit or wait raises KeyboardInterrupt.
+
+        Safe from any thread; lets a run loop that is not the main thread be cancelled.
+        """
+        self.stop.set()
+
+    def close(self) -> None:
+        """Cancel this executor's unfinished tasks; close the client and cluster it started."""
+        with self._lock:
+            unfinished = [f.dask_future for f in self._mine if not f.done()]
+            self._mine.clear()
+        if unfinished:
+            # A lost scheduler has nothing left to cancel.
+            with contextlib.suppress(Exception):
+                self.client.cancel(unfinished)
+        if self._owner:
+            try:
+                self.client.close()
+            finally:
+                self._close_cluster()
+
+    def _close_cluster(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster = None
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise KeyboardInterrupt("run stopped")
+
+    def _check_stop_releasing(self) -> None:
+        if self.stop.is_set():
+            if self._slots is not None:
+                self._slots.release()
+            raise KeyboardInterrupt("run stopped")
+
+    def __enter__(self) -> DaskExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DaskExecutor({self.address!r}, retries={self.retries})"
+
+
+def _connect(address: str):
+    from distributed import Client
+
+    started = time.monotonic()
+    try:
+        # Gives up after distributed.comm.timeouts.connect (30 s unless configured).
+        return Client(address)
+    except (OSError, TimeoutError) as exc:
+        raise DaskUnavailable(
+            f"cannot reach the Dask scheduler at {address} "
+            f"(after {time.monotonic() - started:.0f}s: {exc}); check the address "
+            "(--scheduler, execution.scheduler or DASK_SCHEDULER_ADDRESS) and the network"
+        ) from None
+
+
+def _label(fn, args) -> str:
+    """``forecast`` for a step request, else the function's name: names tasks and errors."""
+    request = args[0] if args else None
+    if isinstance(request, dict) and "step" in request:
+        return str(request["step"])
+    return getattr(fn, "__name__", "task")
