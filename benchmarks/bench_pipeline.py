@@ -97,7 +97,11 @@ class S3Server:
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> S3Server:
+        import logging
+
         import boto3
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
 
         self.server.start()
         self.client = boto3.client(

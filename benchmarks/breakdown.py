@@ -106,8 +106,12 @@ def run(workdir: Path, repeats: int = 3) -> dict:
         one, many = times["1"], times["21"]
         engines[engine] = {"notebook": one, "per_cell": (many - one) / 20}
     probe = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", _PROBE], cwd=PROJECT_DIR, env=env, check=True,
-        capture_output=True, text=True,
+        [sys.executable, "-c", _PROBE],
+        cwd=PROJECT_DIR,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     loaded = json.loads(probe.stdout.strip().splitlines()[-1])
     return {"imports": imports, "engines": engines, "repeats": repeats, "loaded": loaded}
@@ -125,9 +129,7 @@ def summary_lines(data: dict) -> list[str]:
         lines.append(f"| `import` {label} | {seconds:.2f}{extra} |")
     for engine, costs in data["engines"].items():
         how = "fresh kernel per notebook" if engine == "papermill" else "in-process, no kernel"
-        lines.append(
-            f"| {engine} ({how}): one trivial notebook | {costs['notebook']:.2f} |"
-        )
+        lines.append(f"| {engine} ({how}): one trivial notebook | {costs['notebook']:.2f} |")
         lines.append(f"| {engine}: each further trivial cell | {costs['per_cell']:.3f} |")
     lines.append("")
     lines.append(
@@ -135,5 +137,3 @@ def summary_lines(data: dict) -> list[str]:
         "one process per engine with the engine imported, median after a warm-up."
     )
     return lines
-
-

@@ -33,6 +33,7 @@ def prepare(out_dir: str | Path, patches: tuple[str, ...] = ()) -> list[Path]:
 
     from toolkit import config as config_mod
     from toolkit import pipeline, runner
+    from toolkit.notebooks import INJECTED_TAGS
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -56,9 +57,10 @@ def prepare(out_dir: str | Path, patches: tuple[str, ...] = ()) -> list[Path]:
         notebook = jupytext.read(str(task.source.loc))
         cells = []
         for cell in notebook.cells:
-            if cell.cell_type != "code":
-                continue
-            if "parameters" in cell.metadata.get("tags", []):
+            tags = cell.metadata.get("tags", [])
+            if cell.cell_type != "code" or any(t in INJECTED_TAGS for t in tags):
+                continue  # a `toolkit dev` cell left in the source: the run replaces it too
+            if "parameters" in tags:
                 cells.append("# parameters, as the run injects them\n" + injected[0])
             else:
                 cells.append(cell.source)

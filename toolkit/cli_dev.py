@@ -61,9 +61,16 @@ def _shown(path: str | Path) -> str:
     help="Replace local copies of the inputs with the newest run's outputs for this config.",
 )
 @click.option(
+    "--run",
+    "run_id",
+    default=None,
+    metavar="RUN",
+    help="Open STEP as it ran in this run: its frozen config and upstream outputs.",
+)
+@click.option(
     "--remove", is_flag=True, help="Remove the injected cell (every notebook if no STEP)."
 )
-def dev_command(step, patches, configs, refresh, remove) -> None:
+def dev_command(step, patches, configs, refresh, run_id, remove) -> None:
     """Inject STEP's parameters into its notebook, to run it interactively.
 
     The cell holds what STEP gets in `toolkit run` with the same --patch/--config: its run
@@ -92,8 +99,10 @@ def dev_command(step, patches, configs, refresh, remove) -> None:
             "Usage: toolkit dev STEP [--patch ...] [--config ...] | toolkit dev [STEP] --remove", 2
         )
     try:
-        done = notebooks.inject(step, patches=patches, configs=configs, refresh=refresh)
-    except (notebooks.StepError, config_mod.ConfigError) as exc:
+        done = notebooks.inject(
+            step, patches=patches, configs=configs, refresh=refresh, run_id=run_id
+        )
+    except (notebooks.StepError, config_mod.ConfigError, LookupError) as exc:
         _fail(str(exc), 2)
     except notebooks.MissingUpstreamError as exc:
         _fail(str(exc), 1)

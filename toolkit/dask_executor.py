@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -10,6 +11,7 @@ import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 try:
@@ -17,10 +19,21 @@ try:
 except ImportError:  # the "scale" extra is not installed; DaskExecutor says so
     WorkerPlugin = object
 
-__all__ = ["DaskExecutor", "DaskUnavailable", "StepFuture", "StepLost"]
+__all__ = [
+    "DaskExecutor",
+    "DaskUnavailable",
+    "ProjectMismatch",
+    "StepFuture",
+    "StepLost",
+    "project_fingerprint",
+]
 
 # How often a blocked submit or wait looks up: a stop request is honoured within this.
 POLL_SECONDS = 1.0
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+# What decides a step's outputs besides its request: code, notebooks, DAG, config layers.
+PROJECT_FILES = ("toolkit/*.py", "notebooks/*.py", "pipeline.yaml", "env.yaml", "configs/**/*.yaml")
+_fingerprint: str | None = None
 
 
 class DaskUnavailable(RuntimeError):
@@ -29,6 +42,41 @@ class DaskUnavailable(RuntimeError):
 
 class StepLost(RuntimeError):
     """A step never returned: the workers running it died, or the cluster dropped it."""
+
+
+class ProjectMismatch(RuntimeError):
+    """A worker has other code, notebooks or configs than the launcher that keyed the step."""
+
+
+def project_fingerprint() -> str:
+    """Hash of this process's project files (``PROJECT_FILES``), computed once per process."""
+    global _fingerprint
+    if _fingerprint is None:
+        digest = hashlib.sha256()
+        for pattern in PROJECT_FILES:
+            for path in sorted(PROJECT_DIR.glob(pattern)):
+                digest.update(str(path.relative_to(PROJECT_DIR)).encode() + b"\0")
+                digest.update(path.read_bytes() + b"\0")
+        _fingerprint = digest.hexdigest()
+    return _fingerprint
+
+
+def _run_checked(expected: str, fn, *args):
+    """Run ``fn(*args)`` on a worker only if its project is the launcher's.
+
+    The launcher keys each step by its own notebook and code; a worker with another
+    version would publish other outputs under that key.
+    """
+    found = project_fingerprint()
+    if found != expected:
+        import socket
+
+        raise ProjectMismatch(
+            f"worker on {socket.gethostname()} has another toolkit project at {PROJECT_DIR} "
+            f"(fingerprint {found[:12]}) than the launcher ({expected[:12]}); deploy the "
+            "launcher's commit to the workers (toolkit/, notebooks/, pipeline.yaml, configs/)"
+        )
+    return fn(*args)
 
 
 class _PrivateTemp(WorkerPlugin):
@@ -147,9 +195,11 @@ class DaskExecutor:
         self._lock = threading.Lock()
         self.cluster = None
         self._tmp: str | None = None
+        self._fingerprint: str | None = None
         if shared is not None:
             self.client, self.retries, self._slots = shared.client, shared.retries, shared._slots
             self.address, self._owner = shared.address, False
+            self._fingerprint = shared._fingerprint
             return
         if int(workers) < 1 or int(retries) < 0:
             raise ValueError(f"need workers >= 1 and retries >= 0, got {workers} and {retries}")
@@ -159,6 +209,9 @@ class DaskExecutor:
             self.client = _connect(address)
             # The cluster may be shared and adaptive: it decides how many tasks run where.
             self._slots = None
+            # Its workers have their own copy of the project: check it matches ours. (A
+            # local cluster reads our very files, so it is not checked.)
+            self._fingerprint = project_fingerprint()
         else:
             self.client = self._start_local(int(workers))
             # Hand a worker one task at a time: the scheduler counts a worker's death
@@ -210,6 +263,8 @@ class DaskExecutor:
             while not self._slots.acquire(timeout=POLL_SECONDS):
                 self._check_stop()
         self._check_stop_releasing()
+        if self._fingerprint is not None:
+            fn, args = _run_checked, (self._fingerprint, fn, *args)
         try:
             future = self.client.submit(
                 fn,

@@ -117,14 +117,15 @@ def _run_command(patches: Sequence[str], configs: Sequence[str]) -> str:
     return " ".join(args)
 
 
-def _run_outputs(task, resolved) -> tuple[dict[str, dict[str, str]], list[str]]:
+def _run_outputs(task, resolved, only=None) -> tuple[dict[str, dict[str, str]], list[str]]:
     """Outputs of ``task``'s upstream steps from the newest ``toolkit run`` records with
-    exactly this effective config (a failed run still counts for its finished steps)."""
+    exactly this effective config (a failed run still counts for its finished steps), or
+    from the records in ``only``."""
     from toolkit import runs
 
     wanted = resolved.as_dict()
     try:
-        records = runs.list_runs()  # newest first
+        records = only if only is not None else runs.list_runs()  # newest first
     except OSError as exc:  # an unreachable store is a miss, explained if nothing else works
         return {}, [f"cannot list the runs: {exc}"]
     found: dict[str, dict[str, str]] = {}
@@ -139,13 +140,13 @@ def _run_outputs(task, resolved) -> tuple[dict[str, dict[str, str]], list[str]]:
     return found, []
 
 
-def _ensure_upstream(task, resolved, patches, configs, refresh) -> tuple[dict, dict]:
+def _ensure_upstream(task, resolved, patches, configs, refresh, only=None) -> tuple[dict, dict]:
     """Local paths of the upstream products: kept from the build dir (``refresh``: only when
     no run has them), else fetched from the newest ``toolkit run`` with this config, else
     through the File client (``ploomber build``'s mirror under ``<root>/builds``)."""
     from toolkit import storage
 
-    published, problems = _run_outputs(task, resolved)
+    published, problems = _run_outputs(task, resolved, only)
     found: dict[str, str] = {}
     fetched: dict[str, str] = {}
     missing: list[str] = []
@@ -197,6 +198,7 @@ def inject(
     configs: Iterable[str] = (),
     project_dir: Path | str = PROJECT_DIR,
     refresh: bool = False,
+    run_id: str | None = None,
 ) -> Injection:
     """Write the rendered parameters cell into ``notebooks/<step>.py`` for interactive work.
 
@@ -214,6 +216,8 @@ def inject(
         configs: Extra config layer URLs, as for ``toolkit run --config``.
         project_dir: The repository holding ``pipeline.yaml``.
         refresh: Replace local upstream copies with the newest run's outputs.
+        run_id: Open the step as it ran in this run: its frozen config and exactly its
+            upstream outputs (``patches`` and ``configs`` must then be empty).
 
     Returns:
         The notebook written and the files its cell points to.
@@ -224,9 +228,17 @@ def inject(
         toolkit.config.ConfigError: the layers do not resolve.
     """
     patches, configs = list(patches), list(configs)
+    only = None
+    if run_id is not None:
+        from toolkit import runs
+
+        if patches or configs:
+            raise StepError("--run takes the run's own config; drop --patch and --config")
+        only = [runs.load(run_id)]
+        configs, refresh = [only[0]["config_url"]], True
     dag, resolved = _load_dag(patches, configs, Path(project_dir))
     task = _notebook_task(dag, step)
-    upstream, downloaded = _ensure_upstream(task, resolved, patches, configs, refresh)
+    upstream, downloaded = _ensure_upstream(task, resolved, patches, configs, refresh, only)
     task.source.save_injected_cell()
     # Running the notebook by hand overwrites this step's local outputs: drop their build
     # record so `ploomber build` re-runs the step or restores them from storage (Ploomber's

@@ -139,6 +139,7 @@ with tab_recs:
             hide_index=True,
             width="stretch",
             key="detail.table",
+            column_order=[c for c in table.columns if not (only_changes and c == "Changed")],
             column_config={
                 "Current price": money,
                 "Recommended price": money,
@@ -149,7 +150,7 @@ with tab_recs:
                 "Markdown cost": st.column_config.NumberColumn(format="%,.0f"),
             },
         )
-        dl1, dl2 = st.columns(2)
+        dl1, dl2, _ = st.columns([1, 1, 2])
         dl1.download_button(
             "Download this table (CSV)",
             table.to_csv(index=False).encode(),

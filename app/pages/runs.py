@@ -67,9 +67,12 @@ event = st.dataframe(
 )
 
 # --- The selected run --------------------------------------------------------------------
-selected_rows = event.selection.rows if event is not None else []
-if selected_rows and selected_rows[0] < len(shown):
-    st.query_params["run"] = shown[selected_rows[0]]["Run"]
+# A selection is a row index: apply it only when it changes, since newer runs shift rows.
+selected_rows = list(event.selection.rows) if event is not None else []
+if selected_rows != st.session_state.get("runs.applied_selection"):
+    st.session_state["runs.applied_selection"] = selected_rows
+    if selected_rows and selected_rows[0] < len(shown):
+        st.query_params["run"] = shown[selected_rows[0]]["Run"]
 run_id = st.query_params.get("run")
 ids = [r["Run"] for r in rows]
 if run_id not in ids:

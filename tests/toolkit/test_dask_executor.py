@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from toolkit import cache, demo_data, runs, storage
-from toolkit.dask_executor import DaskExecutor, DaskUnavailable, StepLost
+from toolkit.dask_executor import DaskExecutor, DaskUnavailable, ProjectMismatch, StepLost
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 TOOLKIT = [sys.executable, "-m", "toolkit.cli"]
@@ -160,6 +160,7 @@ def test_local_cluster_is_private_and_a_lost_worker_is_retried(tmp_path):
 def test_lost_worker_without_retries_fails_readably_and_spares_other_steps():
     def work(request):
         if request["step"] == "forecast":
+            time.sleep(1)
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(request.get("sleep", 0))
         return request["step"]
@@ -168,13 +169,15 @@ def test_lost_worker_without_retries_fails_readably_and_spares_other_steps():
         futures = [
             executor.submit(work, {"step": "load_transform", "sleep": 3}),
             executor.submit(work, {"step": "forecast"}),
-            # Dask counts a worker's death against every task the worker holds; this one
-            # must wait for a free worker, not queue behind the dying step and fail with it.
+            # Dask counts a worker's death against every task the worker holds: these two
+            # must wait for a free worker, not queue behind the dying step and fail with it
+            # (without the executor's one-task-per-worker gate, one of them does).
             executor.submit(work, {"step": "optimize"}),
+            executor.submit(work, {"step": "format_output"}),
         ]
         finished = {f.label: f for f in wait_all(executor, futures, timeout=120)}
-        assert finished["load_transform"].result() == "load_transform"
-        assert finished["optimize"].result() == "optimize"
+        for name in ("load_transform", "optimize", "format_output"):
+            assert finished[name].result() == name
         with pytest.raises(StepLost) as caught:
             finished["forecast"].result()
         message = str(caught.value)
@@ -210,6 +213,11 @@ def test_scheduler_address_from_environment_and_unreachable_scheduler(monkeypatc
             assert executor.address == cluster.scheduler_address and executor.cluster is None
             future = executor.submit(lambda request: request["step"] * 2, {"step": "ab"})
             assert wait_all(executor, [future])[0].result() == "abab"
+            # A worker with another version of the project must not run our steps.
+            executor._fingerprint = "0" * 64
+            future = executor.submit(lambda request: 1, {"step": "forecast"})
+            with pytest.raises(ProjectMismatch, match="has another toolkit project at"):
+                wait_all(executor, [future])[0].result()
         assert cluster.status.name == "running"  # not ours to close
     finally:
         cluster.close()

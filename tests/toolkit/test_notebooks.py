@@ -279,6 +279,22 @@ def test_inject_after_toolkit_run_fetches_from_the_run_cache(built, ran, tmp_pat
     assert (project / "notebooks" / "price_elasticity.py").read_text() == built["scaffold"]
 
 
+def test_dev_with_run_opens_the_step_as_that_run_had_it(built, ran, tmp_path):
+    from toolkit import runs
+
+    project, build_dir = built["project"], tmp_path / "build"
+    (record,) = runs.list_runs(root=str(ran))
+    env = environment(project, ran, build_dir)
+    out = run([BIN / "toolkit", "dev", "forecast", "--run", record["id"]], env, project).stdout
+    for upstream in ("load_transform", "identify_underperformers"):
+        assert record["steps"][upstream]["outputs"]["data"] in out
+    cell = (project / "notebooks" / "forecast.py").read_text()
+    assert "injected-parameters" in cell and '"horizon": 12' in cell
+    run([BIN / "toolkit", "dev", "forecast", "--remove"], env, project)
+    bad = run([BIN / "toolkit", "dev", "forecast", "--run", "nope"], env, project, check=False)
+    assert bad.returncode == 2 and "no run 'nope'" in bad.stderr
+
+
 def test_inject_unknown_step(built):
     with pytest.raises(notebooks.StepError, match="unknown step 'forecasts': pipeline.yaml has"):
         notebooks.inject("forecasts", project_dir=built["project"])

@@ -1,0 +1,312 @@
+"""Backfills: period parsing, concurrent runs on Dask equal to serial runs, per-combination
+errors, and resume after failed workers or a killed launcher (storage on moto S3)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from toolkit import backfill as backfill_mod
+from toolkit import demo_data, runs, storage
+from toolkit.backfill import BackfillError, parse_periods
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+TOOLKIT = [sys.executable, "-m", "toolkit.cli"]
+MARKETS, PERIODS = "US,DE", "2026-10..2026-11"
+COMBINATIONS = [("US", "2026-10"), ("US", "2026-11"), ("DE", "2026-10"), ("DE", "2026-11")]
+
+
+def toolkit_env(root, **extra):
+    env = dict(os.environ, TOOLKIT_ROOT=str(root), TOOLKIT_HEARTBEAT_SECONDS="1")
+    env.update(PLOOMBER_STATS_ENABLED="false", **extra)
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    return env
+
+
+def toolkit(args, env, check=True, timeout=1500):
+    result = subprocess.run(
+        TOOLKIT + args, env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"toolkit {args} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def record_of(root, run_id):
+    os.environ["TOOLKIT_ROOT"] = str(root)
+    return runs.load(run_id, root=str(root))
+
+
+def plan_of(record):
+    data = storage.read_bytes(record["steps"]["optimize"]["outputs"]["data"])
+    return pd.read_parquet(io.BytesIO(data))
+
+
+def export_of(record):
+    data = storage.read_bytes(record["steps"]["format_output"]["outputs"]["csv"])
+    return pd.read_csv(io.BytesIO(data)).drop(columns="run_id")
+
+
+def wait_for(predicate, timeout=120, every=0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not met in time")
+
+
+def runs_by_combination(root, manifest):
+    return {
+        (c["market"], c["period"]): record_of(root, c["run_id"])
+        for c in manifest["combinations"]
+        if c["run_id"]
+    }
+
+
+# ---------------------------------------------------------------------------
+# Parsing and presentation
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2026-01..2026-03", ["2026-01", "2026-02", "2026-03"]),
+        ("2025-11..2026-02", ["2025-11", "2025-12", "2026-01", "2026-02"]),
+        ("2026-03,2026-01", ["2026-03", "2026-01"]),
+        (" 2026-01 .. 2026-02 , 2026-06,2026-01", ["2026-01", "2026-02", "2026-06"]),
+        ("2026-05..2026-05", ["2026-05"]),
+        (["2026-01", "2026-02..2026-03"], ["2026-01", "2026-02", "2026-03"]),
+    ],
+)
+def test_parse_periods(text, expected):
+    assert parse_periods(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("2026-13", "bad period '2026-13' in '2026-13': expected YYYY-MM, month 01-12"),
+        ("2026-1", "bad period '2026-1'"),
+        ("26-01..2026-02", "bad period '26-01' in '26-01..2026-02'"),
+        ("2026-01..", "bad period '' in '2026-01..'"),
+        ("2026-01,2026-00", "bad period '2026-00' in '2026-01,2026-00'"),
+        ("2026-06..2026-01", "period range '2026-06..2026-01' runs backwards"),
+        ("2000-01..2026-01", "period range '2000-01..2026-01' spans 313 months"),
+        (" , ", "no period in ' , '"),
+    ],
+)
+def test_parse_periods_rejects_bad_input_naming_it(text, message):
+    with pytest.raises(BackfillError) as caught:
+        parse_periods(text)
+    assert message in str(caught.value)
+
+
+def test_arguments_checked_before_anything_runs(local_root):
+    with pytest.raises(BackfillError, match="--patch 'country=DE' sets the run identity"):
+        backfill_mod.backfill("US", "2026-11", patches=["country=DE"])
+    with pytest.raises(BackfillError, match="no market given"):
+        backfill_mod.backfill(" , ", "2026-11")
+    with pytest.raises(BackfillError, match="drop --market and --period"):
+        backfill_mod.backfill("US", "2026-11", resume=True)
+    with pytest.raises(BackfillError, match="no backfill under .* to resume"):
+        backfill_mod.backfill((), (), resume=True)
+    assert backfill_mod._categories("all, grocery,grocery") == [None, "grocery"]
+    assert backfill_mod._categories((None,)) == [None]
+    assert backfill_mod.parse_list(" us, DE ,,us") == ["us", "DE"]
+
+
+def test_summary_table_lines_up_and_explains_failures():
+    rows = [
+        {
+            "run_id": "20261129-010000-US-2026-10-abcdef",
+            "market": "US",
+            "period": "2026-10",
+            "category": None,
+            "status": "succeeded",
+            "duration_s": 41.25,
+            "steps_reused": 3,
+            "steps": 5,
+            "error": None,
+        },
+        {
+            "run_id": None,
+            "market": "XX",
+            "period": "2026-10",
+            "category": "grocery",
+            "status": "invalid",
+            "duration_s": None,
+            "steps_reused": None,
+            "steps": None,
+            "error": "invalid configuration:\n  - env: country: unknown market 'XX'",
+        },
+    ]
+    table = backfill_mod.summary_table(rows).splitlines()
+    assert table[0].split() == ["RUN", "MARKET", "PERIOD", "CATEGORY", "STATUS", "DURATION"] + [
+        "REUSED"
+    ]
+    assert table[1].split() == [rows[0]["run_id"], "US", "2026-10", "all", "succeeded"] + [
+        "41.2s",
+        "3/5",
+    ]
+    assert table[2].split()[:5] == ["-", "XX", "2026-10", "grocery", "invalid"]
+    assert table[0].index("STATUS") == table[1].index("succeeded") == table[2].index("invalid")
+    assert (
+        "XX 2026-10 grocery: invalid: invalid configuration: env: country: unknown market 'XX'"
+        in table
+    )
+    assert table[-1] == "2 runs: 1 succeeded, 1 invalid"
+
+
+# ---------------------------------------------------------------------------
+# Real backfills
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_env(s3_server):
+    values = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_server,
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    yield values
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def new_bucket(s3_env, name, markets=("US", "DE")) -> str:
+    import boto3
+
+    boto3.client(
+        "s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1"
+    ).create_bucket(Bucket=name)
+    root = f"s3://{name}/toolkit"
+    os.environ["TOOLKIT_ROOT"] = root
+    demo_data.write(list(markets), n_products=30, root=root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dask_backfill(s3_env):
+    """Four runs on two Dask workers; the later tests build on their cache."""
+    root = new_bucket(s3_env, "backfill-dask")
+    args = ["backfill", "--market", MARKETS, "--period", PERIODS]
+    result = toolkit(args + ["--executor", "dask", "--workers", "2"], toolkit_env(root))
+    return root, result.stdout, backfill_mod.load_manifest(root=root)
+
+
+def test_backfill_on_dask_runs_concurrently_and_equals_serial_runs(s3_env, dask_backfill):
+    root, stdout, manifest = dask_backfill
+    assert f"backfill {manifest['id']}: 4 runs on the dask executor" in stdout
+    assert "4 runs: 4 succeeded" in stdout and "[DE 2026-11 all] run " in stdout
+    on_dask = runs_by_combination(root, manifest)
+    assert sorted(on_dask) == sorted(COMBINATIONS)
+    for record in on_dask.values():
+        assert record["status"] == "succeeded" and record["executor"] == "dask"
+        assert record["backfill"] == manifest["id"]
+        assert not any(step["reused"] for step in record["steps"].values())
+    # Concurrent, not one after another: some run started before another finished.
+    spans = sorted((r["started_at"], r["finished_at"]) for r in on_dask.values())
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+
+    serial_root = new_bucket(s3_env, "backfill-serial")
+    args = ["backfill", "--market", MARKETS, "--period", PERIODS, "--executor", "serial"]
+    out = toolkit(args, toolkit_env(serial_root)).stdout
+    assert "4 runs: 4 succeeded" in out
+    serial = runs_by_combination(serial_root, backfill_mod.load_manifest(root=serial_root))
+    for combination, record in serial.items():
+        assert record["executor"] == "serial"
+        twin = on_dask[combination]
+        pd.testing.assert_frame_equal(plan_of(twin), plan_of(record), obj=str(combination))
+        pd.testing.assert_frame_equal(export_of(twin), export_of(record), obj=str(combination))
+
+
+def test_unknown_market_is_reported_and_the_others_run(dask_backfill):
+    root, _, _ = dask_backfill
+    os.environ["TOOLKIT_ROOT"] = root
+    lines: list[str] = []
+    results = backfill_mod.backfill("US,XX", "2026-11", progress=lines.append)
+    by_market = {r["market"]: r for r in results}
+    assert by_market["US"]["status"] == "succeeded"
+    assert by_market["US"]["steps_reused"] == by_market["US"]["steps"] == 5  # all cached
+    assert by_market["XX"]["status"] == "invalid" and by_market["XX"]["run_id"] is None
+    assert "unknown market 'XX'" in by_market["XX"]["error"]
+    assert any(line.startswith("[XX 2026-11 all] invalid config:") for line in lines)
+    assert "XX 2026-11 all: invalid: " in backfill_mod.summary_table(results)
+    manifest = backfill_mod.load_manifest(root=root)
+    assert manifest["id"] == results[0]["backfill"]
+    assert [c["status"] for c in manifest["combinations"]] == ["succeeded", "invalid"]
+
+
+def test_failed_runs_resume_where_they_stopped(dask_backfill):
+    root, _, _ = dask_backfill
+    # New delivery settings re-execute only format_output; its worker dies every time.
+    args = ["backfill", "--market", MARKETS, "--period", PERIODS, "--executor", "dask"]
+    args += ["--patch", "output.retries=4", "--patch", "execution.retries=0"]
+    crash = toolkit_env(root, TOOLKIT_CRASH_AT="format_output:before-manifest")
+    failed = toolkit(args, crash, check=False)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    assert "4 runs: 4 failed" in failed.stdout
+    assert "failed: step format_output: StepLost: worker lost while running step" in failed.stdout
+    manifest = backfill_mod.load_manifest(root=root)
+    before = runs_by_combination(root, manifest)
+    for record in before.values():
+        assert record["stored_status"] == "failed"
+        assert record["steps"]["optimize"]["reused"]
+        assert "retried 0 times" in record["steps"]["format_output"]["error"]
+
+    resumed = toolkit(["backfill", "--resume"], toolkit_env(root))
+    assert "4 runs: 4 succeeded" in resumed.stdout
+    assert f"backfill {manifest['id']}: 4 runs on the dask executor" in resumed.stdout
+    after = backfill_mod.load_manifest(root=root)
+    assert after["id"] == manifest["id"] and len(after["resumed"]) == 1
+    for combination, record in runs_by_combination(root, after).items():
+        assert record["id"] == before[combination]["id"]  # resumed, not started again
+        assert record["status"] == "succeeded"
+        assert len(record["steps"]["format_output"]["attempts"]) == 2
+        assert record["config"]["output"]["retries"] == 4
+
+
+def test_killed_launcher_resumes_its_run_and_starts_the_rest(dask_backfill):
+    root, _, _ = dask_backfill
+    args = ["backfill", "--market", "US", "--period", PERIODS, "--executor", "serial"]
+    args += ["--patch", "output.retries=5"]
+    crash = toolkit_env(root, TOOLKIT_CRASH_AT="format_output:before-manifest")
+    killed = toolkit(args, crash, check=False)
+    assert killed.returncode == -signal.SIGKILL  # serial: the step ran in the launcher
+    manifest = backfill_mod.load_manifest(root=root)
+    first, second = manifest["combinations"]
+    assert first["run_id"] and first["status"] == "running"
+    assert second["run_id"] is None and second["status"] == "pending"  # never started
+    wait_for(lambda: record_of(root, first["run_id"])["status"] == "interrupted", timeout=60)
+
+    out = toolkit(["backfill", "--resume", "--id", manifest["id"]], toolkit_env(root)).stdout
+    assert f"resuming run {first['run_id']} (interrupted)" in out
+    assert "2 runs: 2 succeeded" in out
+    after = backfill_mod.load_manifest(manifest["id"], root=root)
+    assert after["combinations"][0]["run_id"] == first["run_id"]
+    resumed = record_of(root, first["run_id"])
+    assert len(resumed["steps"]["format_output"]["attempts"]) == 2
+    started = record_of(root, after["combinations"][1]["run_id"])
+    assert started["backfill"] == manifest["id"] and started["status"] == "succeeded"
+    assert json.dumps(after).count('"succeeded"') == 2
