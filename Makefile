@@ -10,10 +10,10 @@ export PLOOMBER_STATS_ENABLED := false
 export PLOOMBER_VERSION_CHECK_DISABLED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo run test lint format clean app
+.PHONY: help install demo run test lint format clean app bench bench-quick
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
 install: $(STAMP) ## Create .venv with the pinned dependencies and the toolkit package
 
@@ -41,6 +41,12 @@ app: install ## Serve the app on http://127.0.0.1:8501 (writes demo data if the 
 
 test: install ## Run the test suite
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: install ## Measure speed as ratios (long): benchmarks/results.md and results.png
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
+bench-quick: install ## A small version of bench, a few minutes: benchmarks/results-quick.md
+	$(PY) -m benchmarks --quick $(BENCH_ARGS)
 
 lint: install ## Check style with ruff
 	$(VENV)/bin/ruff check .

@@ -27,16 +27,7 @@ st.set_page_config(
 ctx = ui.session()
 
 if ctx.exposed_without_auth:
-    st.error(
-        ui.md(
-            "This app has no sign-in configured but is listening on "
-            f"{ctx.address or 'every network address'}. "
-            'It refuses to show anything: set server.address = "127.0.0.1" in '
-            ".streamlit/config.toml, or configure sign-in ([auth] in .streamlit/secrets.toml)."
-        ),
-        icon=":material/gpp_bad:",
-    )
-    st.stop()
+    ui.refuse_exposed(ctx)
 
 if ctx.needs_login:
     st.navigation([st.Page(ui.login_page, title="Sign in", icon=":material/login:")]).run()

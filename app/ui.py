@@ -9,6 +9,7 @@ into widgets. Data is always shown as data (``st.dataframe``, ``st.text``, ``st.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,12 +20,22 @@ from toolkit import access, app_api, browse, forms, launch, reports, runs, stora
 from toolkit import config as config_mod
 
 PAGES = {
-    "launch": "pages/launch.py",
-    "runs": "pages/runs.py",
-    "detail": "pages/run_detail.py",
-    "compare": "pages/compare.py",
+    "launch": "views/launch.py",
+    "runs": "views/runs.py",
+    "detail": "views/run_detail.py",
+    "compare": "views/compare.py",
 }
 POLL_SECONDS = 2.0
+
+
+@st.cache_resource(show_spinner=False)
+def _warm_up() -> bool:
+    """Once per server: import the launch machinery in the background, not on a click."""
+    threading.Thread(target=launch.warm_up, daemon=True, name="toolkit-warm-up").start()
+    return True
+
+
+_warm_up()
 OUTPUT_TTL = 300  # outputs are immutable (a new execution gets a new URL); this bounds memory
 
 
@@ -51,6 +62,30 @@ class Session:
     @property
     def needs_login(self) -> bool:
         return self.auth_configured and self.viewer is None
+
+
+def refuse_exposed(ctx: Session) -> None:
+    st.error(
+        md(
+            "This app has no sign-in configured but is listening on "
+            f"{ctx.address or 'every network address'}. It refuses to show anything: set "
+            'server.address = "127.0.0.1" in .streamlit/config.toml, or configure sign-in '
+            "([auth] in .streamlit/secrets.toml)."
+        ),
+        icon=":material/gpp_bad:",
+    )
+    st.stop()
+
+
+def guard() -> Session:
+    """Every page starts here, whichever way it was reached: the same checks as the router."""
+    ctx = session()
+    if ctx.exposed_without_auth:
+        refuse_exposed(ctx)
+    if ctx.needs_login:
+        login_page()
+        st.stop()
+    return ctx
 
 
 def auth_configured() -> bool:

@@ -22,8 +22,14 @@ from benchmarks import bench_pipeline, breakdown, report
 from benchmarks.harness import Row
 
 HERE = Path(__file__).resolve().parent
-FULL = {"sizes": (80, 800, 8000), "rounds": 3, "s3_size": 800}
-QUICK = {"sizes": (10, 100), "rounds": 1, "s3_size": 10}
+FULL = {
+    "sizes": (80, 800, 8000),
+    "rounds": 3,
+    "s3_size": 800,
+    "parts": "pipeline,breakdown,app,dask",
+}
+# The Dask backfill alone takes minutes (4 runs x 2 executors): not in the quick version.
+QUICK = {"sizes": (10, 100), "rounds": 1, "s3_size": 10, "parts": "pipeline,breakdown,app"}
 
 
 def _parse(argv):
@@ -32,9 +38,7 @@ def _parse(argv):
     parser.add_argument("--sizes", help="products per size, comma-separated (x1,x10,x100)")
     parser.add_argument("--rounds", type=int, help="measured rounds after the warm-up")
     parser.add_argument("--s3-size", type=int, help="products for B4 (0: skip B4)")
-    parser.add_argument(
-        "--only", default="pipeline,breakdown,app,dask", help="parts to run, comma-separated"
-    )
+    parser.add_argument("--only", help="parts to run, comma-separated: pipeline,breakdown,app,dask")
     parser.add_argument("--out", help="results file (default benchmarks/results[-quick].md)")
     parser.add_argument("--workdir", help="keep roots, logs and data here (default: a temp dir)")
     return parser.parse_args(argv)
@@ -49,7 +53,7 @@ def main(argv=None) -> int:
     if s3_size and s3_size not in sizes:
         s3_size = sizes[min(1, len(sizes) - 1)]
     out = Path(args.out or HERE / ("results-quick.md" if args.quick else "results.md"))
-    parts = {p.strip() for p in args.only.split(",") if p.strip()}
+    parts = {p.strip() for p in (args.only or preset["parts"]).split(",") if p.strip()}
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="toolkit-bench-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ["PLOOMBER_STATS_ENABLED"] = "false"
@@ -64,6 +68,7 @@ def main(argv=None) -> int:
         "machine": f"{platform.system()} {platform.machine()}",
         "sizes": sizes,
         "rounds": rounds,
+        "commit": _commit(),
     }
     rows: list[Row] = []
     notes: dict = {}
@@ -72,7 +77,11 @@ def main(argv=None) -> int:
     try:
         if "pipeline" in parts:
             settings = bench_pipeline.Settings(
-                sizes=sizes, rounds=rounds, s3_size=s3_size or None, workdir=workdir / "pipeline"
+                sizes=sizes,
+                rounds=rounds,
+                s3_size=s3_size or None,
+                workdir=workdir / "pipeline",
+                full_warmup=not args.quick,
             )
             rows += _guarded("B1-B4, B6", lambda: bench_pipeline.run(settings))
         if "breakdown" in parts:
@@ -89,6 +98,17 @@ def main(argv=None) -> int:
             rows += _guarded("B5", lambda: bench_app.run(workdir / "app", quick=args.quick))
         if "dask" in parts:
             rows += _guarded("Dask", lambda: _dask_rows(workdir / "dask", args.quick))
+        else:
+            rows.append(
+                Row(
+                    "Dask",
+                    "backfill of 4 runs, serial / 2 Dask workers",
+                    "not run",
+                    "reported",
+                    "skipped",
+                    "not part of this run (`make bench` runs it)",
+                )
+            )
     finally:
         context["load_after"] = os.getloadavg()
         context["seconds"] = time.perf_counter() - started
@@ -97,6 +117,22 @@ def main(argv=None) -> int:
     report.write(out, rows, context, notes)
     print(f"wrote {out} and {out.with_suffix('.png')} in {context['seconds'] / 60:.1f} min")
     return 0
+
+
+def _commit() -> str:
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(  # noqa: S603
+            ["git", *args], cwd=HERE.parent, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + (
+        "-dirty"
+        if git("status", "--porcelain", "--", "toolkit", "notebooks", "pipeline.yaml", "configs")
+        else ""
+    )
 
 
 def _guarded(label, fn):

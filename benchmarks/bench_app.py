@@ -209,13 +209,14 @@ def measure_render(repeats: int) -> dict:
 
     from streamlit.testing.v1 import AppTest
 
-    main = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
+    app_dir = Path(__file__).resolve().parent.parent / "app"
+    main, page = str(app_dir / "main.py"), _detail_page(app_dir)
 
     def render() -> float:
         at = AppTest.from_file(main, default_timeout=300)
         at.query_params["run"] = RUN_ID
         t0 = time.perf_counter()
-        at.switch_page("pages/run_detail.py").run()
+        at.switch_page(page).run()
         seconds = time.perf_counter() - t0
         if at.exception:
             raise RuntimeError(f"the page raised: {at.exception[0].value}")
@@ -233,6 +234,19 @@ def measure_render(repeats: int) -> dict:
         st.cache_data.clear()  # a run this app instance has not shown yet
         warm.append(render())
     return {"cold": cold, "warm": warm}
+
+
+def _detail_page(app_dir: Path) -> str:
+    """The run page's script, as the app's router names it (``PAGES["detail"]`` in ui.py),
+    read without importing the app so the first render still pays every import."""
+    import ast
+
+    for node in ast.walk(ast.parse((app_dir / "ui.py").read_text())):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "PAGES" for t in node.targets
+        ):
+            return ast.literal_eval(node.value)["detail"]
+    raise RuntimeError("app/ui.py has no PAGES mapping")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,6 +72,8 @@ def compare(settings: Settings, progress=print) -> Row:
     serial = statistics.median(s.seconds for s in samples["serial"])
     dask = statistics.median(s.seconds for s in samples["dask"])
     pairs = paired_ratios(samples["serial"], samples["dask"])
+    # CPU of the process tree (launcher, workers, kernels): what the speed-up costs.
+    cpu = {k: statistics.median(getattr(s, "cpu", 0.0) for s in v) for k, v in samples.items()}
     return Row(
         "Dask",
         f"backfill of {settings.n_runs} runs, serial / {settings.workers} Dask workers "
@@ -81,9 +83,10 @@ def compare(settings: Settings, progress=print) -> Row:
         "reported",
         f"median serial {serial:.1f} s, Dask {dask:.1f} s over {settings.repeats} "
         f"repeat(s), no warm-up; round-by-round ratios "
-        f"{', '.join(f'{p:.2f}' for p in pairs)}; {os.cpu_count()} CPUs",
+        f"{', '.join(f'{p:.2f}' for p in pairs)}; CPU serial {cpu['serial']:.0f} s, "
+        f"Dask {cpu['dask']:.0f} s; {os.cpu_count()} CPUs",
         ratio=serial / dask,
-        extra={"serial_s": serial, "dask_s": dask, "pairs": pairs},
+        extra={"serial_s": serial, "dask_s": dask, "pairs": pairs, "cpu_s": cpu},
     )
 
 
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         row = compare(settings)
     extra = row.extra
-    print(f"\nload average {os.getloadavg()[0]:.1f} at the end\n")
+    print(f"\n{row.detail}\nload average {os.getloadavg()[0]:.1f} at the end\n")
     print("| runs | products | repeats | serial median | dask median | workers | serial/dask |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     print(

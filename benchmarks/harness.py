@@ -41,6 +41,7 @@ class Sample:
     seconds: float
     tree_rss_peak: int  # bytes: peak of the summed RSS of the process and its descendants
     max_rss: int  # bytes: the largest single process of the tree (wait4 ru_maxrss)
+    cpu: float = 0.0  # user + system seconds of the process and the descendants it waited for
     log: Path | None = None
 
 
@@ -122,7 +123,8 @@ def measure(
     if process.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise CommandFailed(f"{name}: {' '.join(argv)} exited {process.returncode}\n{tail}")
-    return Sample(name, seconds, peak, usage.ru_maxrss * 1024, log)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Sample(name, seconds, peak, usage.ru_maxrss * 1024, cpu, log)
 
 
 def run_rounds(
@@ -155,6 +157,10 @@ def median(samples: Sequence[Sample], attr: str = "seconds") -> float:
     return statistics.median(getattr(s, attr) for s in samples)
 
 
-def paired_ratios(numerator: Sequence[Sample], denominator: Sequence[Sample]) -> list[float]:
+def paired_ratios(
+    numerator: Sequence[Sample], denominator: Sequence[Sample], attr: str = "seconds"
+) -> list[float]:
     """Round-by-round ratios: each pair ran back to back, under the same machine load."""
-    return [a.seconds / b.seconds for a, b in zip(numerator, denominator, strict=True)]
+    return [
+        getattr(a, attr) / getattr(b, attr) for a, b in zip(numerator, denominator, strict=True)
+    ]

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from toolkit import browse, forms, io, reports, runs, schemas, storage
+from toolkit import browse, forms, reports, runs, storage
 from toolkit import config as config_mod
 
 __all__ = [
@@ -302,6 +302,8 @@ def output_url(record: Mapping[str, Any], step: str, product: str) -> str | None
 
 def read_table(root: str, url: str, contract: str) -> pd.DataFrame:
     """A Parquet output under ``root``, checked against its contract (by name)."""
+    from toolkit import io, schemas  # pandera: only when a page reads a table
+
     url = browse.check_url(root, url)
     return io.read(url, schemas.CONTRACTS[contract])
 

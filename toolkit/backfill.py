@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -376,63 +378,91 @@ def _run_on_dask(context: _Context, options: dict[str, Any]) -> None:
     from toolkit.dask_executor import DaskExecutor
 
     shared = DaskExecutor(**options)
+    with contextlib.ExitStack() as stack:
+        stack.callback(shared.close)
+        stack.enter_context(_one_ast_parse_at_a_time())
+        _drive_threads(context, shared)
+
+
+@contextlib.contextmanager
+def _one_ast_parse_at_a_time():
+    """Serialise ``ast.parse`` while run loops plan in threads.
+
+    CPython 3.11 builds AST objects with an interpreter-wide recursion counter, so two
+    threads parsing at once can fail with "SystemError: AST constructor recursion depth
+    mismatch" (python/cpython#106905). Planning parses: the cache keys (imports of each
+    notebook) and Ploomber (upstream and parameters); both go through ``ast.parse``.
+    """
+    original = ast.parse
+    lock = threading.RLock()
+
+    def parse(*args, **kwargs):
+        with lock:
+            return original(*args, **kwargs)
+
+    ast.parse = parse  # ast.literal_eval looks it up here too
     try:
-        slots = max(2, 2 * sum(shared.client.nthreads().values()))
-        todo: queue.Queue[_Combination] = queue.Queue()
-        for combination in context.manifest.combinations:
-            todo.put(combination)
-        active: dict[int, _Combination] = {}
-        lock = threading.Lock()
-        stopping = threading.Event()
-
-        def work() -> None:
-            while not stopping.is_set():
-                try:
-                    combination = todo.get_nowait()
-                except queue.Empty:
-                    return
-                with lock:
-                    active[id(combination)] = combination
-                    if stopping.is_set():
-                        combination.stop.set()
-                try:
-                    _drive(context, combination, shared)
-                except KeyboardInterrupt:  # its run recorded "interrupted" already
-                    pass
-                finally:
-                    with lock:
-                        active.pop(id(combination), None)
-
-        threads = [
-            threading.Thread(target=work, name=f"toolkit-backfill-{i}", daemon=True)
-            for i in range(min(slots, len(context.manifest.combinations)))
-        ]
-        for thread in threads:
-            thread.start()
-        interrupted = False
-        while any(thread.is_alive() for thread in threads):
-            try:
-                for thread in threads:
-                    thread.join(0.5)  # a timeout, so KeyboardInterrupt gets through
-            except KeyboardInterrupt:
-                with lock:
-                    running = list(active.values())
-                if not interrupted and _route_cancel(running):
-                    continue
-                if interrupted:
-                    break  # a second Ctrl-C: leave now; the runs' heartbeats just stop
-                # Ctrl-C: every run stops and records "interrupted"; the rest never start.
-                interrupted = True
-                context.progress("stopping every run (Ctrl-C again to leave at once)")
-                stopping.set()
-                with lock:
-                    running = list(active.values())
-                for combination in running:
-                    combination.stop.set()
-        if interrupted:
-            _finish_interrupted(context)
+        yield
     finally:
-        shared.close()
+        ast.parse = original
+
+
+def _drive_threads(context: _Context, shared) -> None:
+    """Run loops in threads over ``shared``; Ctrl-C and cancels routed to the right run."""
+    slots = max(2, 2 * sum(shared.client.nthreads().values()))
+    todo: queue.Queue[_Combination] = queue.Queue()
+    for combination in context.manifest.combinations:
+        todo.put(combination)
+    active: dict[int, _Combination] = {}
+    lock = threading.Lock()
+    stopping = threading.Event()
+
+    def work() -> None:
+        while not stopping.is_set():
+            try:
+                combination = todo.get_nowait()
+            except queue.Empty:
+                return
+            with lock:
+                active[id(combination)] = combination
+                if stopping.is_set():
+                    combination.stop.set()
+            try:
+                _drive(context, combination, shared)
+            except KeyboardInterrupt:  # its run recorded "interrupted" already
+                pass
+            finally:
+                with lock:
+                    active.pop(id(combination), None)
+
+    threads = [
+        threading.Thread(target=work, name=f"toolkit-backfill-{i}", daemon=True)
+        for i in range(min(slots, len(context.manifest.combinations)))
+    ]
+    for thread in threads:
+        thread.start()
+    interrupted = False
+    while any(thread.is_alive() for thread in threads):
+        try:
+            for thread in threads:
+                thread.join(0.5)  # a timeout, so KeyboardInterrupt gets through
+        except KeyboardInterrupt:
+            with lock:
+                running = list(active.values())
+            if not interrupted and _route_cancel(running):
+                continue
+            if interrupted:
+                break  # a second Ctrl-C: leave now; the runs' heartbeats just stop
+            # Ctrl-C: every run stops and records "interrupted"; the rest never start.
+            interrupted = True
+            context.progress("stopping every run (Ctrl-C again to leave at once)")
+            stopping.set()
+            with lock:
+                running = list(active.values())
+            for combination in running:
+                combination.stop.set()
+    if interrupted:
+        _finish_interrupted(context)
 
 
 def _route_cancel(running: list[_Combination]) -> bool:

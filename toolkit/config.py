@@ -45,6 +45,11 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 IDENTITY_KEYS = ("country", "period", "category")
 MAX_CONFIG_BYTES = 1_000_000  # a config is a few KB; anything bigger is a mistake or an attack
 
+IDENTITY_PATTERNS = {
+    "country": (r"[A-Z]{2}", "must be a two-letter market code such as US or NO"),
+    "period": (r"\d{4}-(0[1-9]|1[0-2])", "must be a month as YYYY-MM"),
+    "category": (r"[a-z][a-z0-9_]*", "must be a lowercase category name"),
+}
 _KEY_PATH = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$")
 
 
@@ -516,6 +521,14 @@ def resolve(
             if key in layer.data:
                 identity[key], identity_origin[key] = layer.data[key], layer.source
     identity = {k: _normalise_identity(v) for k, v in identity.items()}
+    # Identity values name overlay files: check their shape before building any path.
+    bad = [
+        Problem(identity_origin[key], key, f"{IDENTITY_PATTERNS[key][1]} (got {value!r})")
+        for key, value in identity.items()
+        if value is not None and not re.fullmatch(IDENTITY_PATTERNS[key][0], value)
+    ]
+    if bad:
+        raise ConfigError(bad)
 
     layers = [_file_layer(configs_dir / "defaults.yaml", project_dir)]
     problems: list[Problem] = []
@@ -537,7 +550,7 @@ def resolve(
     for key, folder in (("period", "periods"), ("category", "categories")):
         value = identity.get(key)
         overlay = configs_dir / folder / f"{value}.yaml"
-        if value is not None and re.fullmatch(r"[A-Za-z0-9_-]+", value) and overlay.exists():
+        if value is not None and overlay.exists():
             layers.append(_file_layer(overlay, project_dir))
 
     for layer in layers[1:]:

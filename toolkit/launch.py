@@ -10,6 +10,7 @@ own output goes to a log file on the machine that launched it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit import access, forms, runner, runs, storage
+from toolkit import access, forms, runs, storage
 from toolkit import config as config_mod
 
 __all__ = [
@@ -56,6 +57,13 @@ class Launched:
     argv: list[str]
     log_path: Path
     record: dict[str, Any] = field(default_factory=dict)
+
+
+def warm_up() -> None:
+    """Import what launching needs (Ploomber takes seconds) so the first launch is quick."""
+    # A warm-up only: if it fails, launching imports it again and reports the error.
+    with contextlib.suppress(Exception):
+        from toolkit import runner  # noqa: F401
 
 
 def log_dir() -> Path:
@@ -184,6 +192,8 @@ def launch(
     # The queued record first, so the run shows at once on every replica. The process
     # re-creates it with the same content when it starts (see the report for a CLI that
     # executes an existing record instead).
+    from toolkit import runner  # imports Ploomber (seconds): only when launching
+
     record = runner.create(checked.resolved, patches=checked.patches, run_id=run_id)
     record.update(
         launcher=viewer.launcher,
@@ -219,4 +229,6 @@ def launch(
 def cancel(run_id: str, viewer: access.Viewer | None, settings: access.AppSettings | None = None):
     """Ask a queued or running run to stop (it notices within one heartbeat)."""
     access.require_launch(viewer, settings or access.load_settings())
+    from toolkit import runner
+
     runner.cancel(run_id)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from toolkit import cache, executors, pipeline, runs, storage
+from toolkit import cache, executors, runs, storage
 from toolkit import config as config_mod
 
 __all__ = [
@@ -57,6 +57,8 @@ def ploomber_env(resolved: config_mod.ResolvedConfig, configs=(), patches=(), ru
 
 def load_dag(resolved: config_mod.ResolvedConfig, configs=(), patches=()):
     """The DAG for this config, in the default Ploomber workspace (for inspection)."""
+    from toolkit import pipeline  # imports Ploomber: seconds, so only when needed
+
     return pipeline.load_dag(ploomber_env(resolved, configs, patches))
 
 
@@ -228,6 +230,8 @@ def _plan(record: dict[str, Any]):
         "patches": "[]",
         "run_id": record["id"],
     }
+    from toolkit import pipeline  # imports Ploomber: seconds, so only when needed
+
     # Planning reads sources and params only; nothing is written to this workspace.
     workspace = Path(tempfile.gettempdir()) / "toolkit-plan"
     return env, pipeline.load_dag({**env, "build_dir": str(workspace)})

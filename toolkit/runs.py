@@ -37,6 +37,7 @@ __all__ = [
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 HEARTBEAT_SECONDS = float(os.environ.get("TOOLKIT_HEARTBEAT_SECONDS", "5"))
 STALE_AFTER_BEATS = 4  # a record this many beats late belongs to a dead process
+QUEUED_GRACE_SECONDS = 180
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled", "interrupted")
 
@@ -112,7 +113,10 @@ def effective_status(record: dict[str, Any], at: dt.datetime | None = None) -> s
     beat = parse_time(record.get("heartbeat_at") or record.get("created_at"))
     interval = float(record.get("heartbeat_seconds", HEARTBEAT_SECONDS))
     at = at or dt.datetime.now(dt.UTC)
-    if beat is None or (at - beat).total_seconds() > STALE_AFTER_BEATS * interval + 2:
+    grace = STALE_AFTER_BEATS * interval + 2
+    if status == "queued":  # the launched process may take a while to import and take over
+        grace = max(grace, QUEUED_GRACE_SECONDS)
+    if beat is None or (at - beat).total_seconds() > grace:
         return "interrupted"
     return status
 

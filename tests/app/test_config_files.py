@@ -39,3 +39,12 @@ def test_pages_never_render_html_and_app_never_imports_pandera_or_ploomber():
         assert not re.search(r"^\s*(import|from)\s+(pandera|ploomber)\b", text, re.M), path
     for path in (PROJECT_DIR / "toolkit").glob("*.py"):
         assert not re.search(r"^\s*(import|from)\s+streamlit\b", path.read_text(), re.M), path
+
+
+def test_pages_do_not_live_in_a_folder_named_pages():
+    """Streamlit treats app/pages/ as a legacy multipage folder: on a fresh server a direct
+    visit to /runs would run that file without app/main.py, i.e. without the sign-in guard."""
+    assert not (PROJECT_DIR / "app" / "pages").exists()
+    for page in ("launch", "runs", "run_detail", "compare"):
+        text = (PROJECT_DIR / "app" / "views" / f"{page}.py").read_text()
+        assert "ctx = ui.guard()" in text, page

@@ -6,7 +6,7 @@ seconds; test_real_runs.py launches real runs."""
 from __future__ import annotations
 
 import pytest
-from apphelpers import XSS, make_run, new_app, texts
+from apphelpers import APP_MAIN, XSS, make_run, new_app, texts
 
 from toolkit import forms, storage
 
@@ -23,7 +23,7 @@ WEIGHTS = [f"cfg.optimize.weights.{k}" for k in ("revenue", "margin", "volume")]
 def open_page(at, page, **query):
     at.run()
     at.query_params.update(query)
-    at.switch_page(f"pages/{page}.py").run()
+    at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -117,8 +117,8 @@ def test_choosing_another_market_loads_its_settings_and_shows_their_origin(app, 
 def test_the_form_survives_a_visit_to_another_page(app, local_root):
     at = app.run()
     at.slider(key="cfg.optimize.weights.volume").set_value(0.65).run()
-    at.switch_page("pages/runs.py").run()
-    at.switch_page("pages/launch.py").run()
+    at.switch_page("views/runs.py").run()
+    at.switch_page("views/launch.py").run()
     assert at.slider(key="cfg.optimize.weights.volume").value == 0.65
 
 
@@ -137,7 +137,22 @@ def test_with_sign_in_configured_a_signed_out_person_sees_only_the_sign_in_page(
     assert any("Sign in" in t for t in texts(at))
     for page in ("runs", "run_detail", "compare", "launch"):
         with pytest.raises(ValueError):
-            at.switch_page(f"pages/{page}.py")
+            at.switch_page(f"views/{page}.py")
+
+
+@pytest.mark.parametrize("page", ["launch", "runs", "run_detail", "compare"])
+def test_every_page_is_guarded_even_when_run_without_the_router(local_root, monkeypatch, page):
+    from streamlit.testing.v1 import AppTest
+
+    make_run(local_root, "run-a")
+    monkeypatch.syspath_prepend(str(APP_MAIN.parent))  # `ui`, as the router provides it
+    at = AppTest.from_file(str(APP_MAIN.parent / "views" / f"{page}.py"), default_timeout=90)
+    at.secrets["auth"] = AUTH
+    at.user = {"is_logged_in": False}
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.value for t in at.title] == ["Price recommendations"]
+    assert not at.dataframe and not at.metric and not at.get("download_button")
 
 
 def test_a_signed_in_viewer_may_look_but_not_launch(local_root):

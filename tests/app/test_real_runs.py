@@ -10,6 +10,7 @@ import signal
 
 import pytest
 from apphelpers import new_app, texts, wait_for_status
+from streamlit import config as st_config
 
 from toolkit import demo_data, runner, runs
 
@@ -17,11 +18,17 @@ from toolkit import demo_data, runner, runs
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory):
     """One store with small demo data, shared by this module's runs (so the cache works)."""
-    root = tmp_path_factory.mktemp("app-runs") / "store"
+    base = tmp_path_factory.mktemp("app-runs")
+    root = base / "store"
     demo_data.write(["US"], n_products=30, root=str(root))
-    patch = pytest.MonkeyPatch()
+    patch = pytest.MonkeyPatch()  # module-wide: set up before the per-test fixtures
     patch.setenv("TOOLKIT_ROOT", str(root))
+    patch.setenv("TOOLKIT_APP_LOG_DIR", str(base / "app-logs"))
+    patch.setenv("PLOOMBER_STATS_ENABLED", "false")
+    address = st_config.get_option("server.address")
+    st_config.set_option("server.address", "127.0.0.1")
     yield str(root)
+    st_config.set_option("server.address", address)
     for record in runs.list_runs(str(root)):  # never leave a run behind
         if record.get("status") in runs.ACTIVE and record.get("pid"):
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -63,7 +70,7 @@ def test_another_session_sees_the_run_and_its_progress(first_run):
     _, run_id = first_run
     other = new_app().run()
     other.query_params["run"] = run_id
-    other.switch_page("pages/runs.py").run()
+    other.switch_page("views/runs.py").run()
     assert run_id in other.dataframe[0].value["Run"].tolist()
     shown = texts(other)
     assert any(run_id in t for t in shown)
@@ -80,7 +87,7 @@ def test_the_run_succeeds_and_its_results_show(first_run):
     assert record["status"] == "succeeded", runner.explain_failure(record)
     at = new_app().run()
     at.query_params["run"] = run_id
-    at.switch_page("pages/run_detail.py").run()
+    at.switch_page("views/run_detail.py").run()
     assert not at.exception
     assert [m.label for m in at.metric][:2] == ["Revenue change, USD", "Margin change, USD"]
     assert len(at.dataframe[0].value) == int(at.metric[3].value)
@@ -102,13 +109,13 @@ def test_a_second_run_reuses_cached_steps_and_compares(first_run):
 
     at = new_app().run()
     at.query_params["run"] = second
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("views/runs.py").run()
     assert any("Reused from cache" in t for t in texts(at, "markdown"))
     assert any(f"reused from run {first}" in t for t in texts(at, "text"))
 
     compare = new_app().run()
     compare.query_params["runs"] = f"{first},{second}"
-    compare.switch_page("pages/compare.py").run()
+    compare.switch_page("views/compare.py").run()
     kpis, params = compare.dataframe[0].value, compare.dataframe[1].value
     assert any(c.startswith("Δ") for c in kpis.columns)
     row = params.set_index("Setting").loc["Objective weights: Revenue"]

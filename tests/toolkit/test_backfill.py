@@ -171,6 +171,60 @@ def test_summary_table_lines_up_and_explains_failures():
     assert table[-1] == "2 runs: 1 succeeded, 1 invalid"
 
 
+def parse_in_threads(seconds: float) -> list[str]:
+    """ast.parse in four threads while garbage with finalizers is collected in a fifth:
+    on CPython 3.11 this fails with "AST constructor recursion depth mismatch"."""
+    import ast
+    import gc
+    import threading
+
+    sources = [p.read_text() for p in (PROJECT_DIR / "notebooks").glob("*.py")]
+    errors: list[str] = []
+    stop = threading.Event()
+
+    class Cycle:
+        def __del__(self):
+            self.trace = list(range(10))  # Python code in a finalizer, run by gc
+
+    def parse():
+        while not stop.is_set():
+            for source in sources:
+                try:
+                    ast.parse(source)
+                except SystemError as exc:
+                    errors.append(str(exc))
+                    stop.set()
+
+    def litter():
+        while not stop.is_set():
+            a, b = Cycle(), Cycle()
+            a.other, b.other = b, a
+
+    interval, thresholds = sys.getswitchinterval(), gc.get_threshold()
+    sys.setswitchinterval(1e-6)
+    gc.set_threshold(50, 5, 5)
+    threads = [threading.Thread(target=parse) for _ in range(4)]
+    threads.append(threading.Thread(target=litter))
+    try:
+        for thread in threads:
+            thread.start()
+        stop.wait(seconds)
+        stop.set()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+        gc.set_threshold(*thresholds)
+    return errors
+
+
+def test_run_loops_in_threads_parse_python_one_at_a_time():
+    unguarded = parse_in_threads(seconds=4)  # usually fails within a second on 3.11
+    with backfill_mod._one_ast_parse_at_a_time():
+        guarded = parse_in_threads(seconds=4)
+    assert guarded == [], f"still failing (unguarded: {unguarded[:1]})"
+
+
 # ---------------------------------------------------------------------------
 # Real backfills
 # ---------------------------------------------------------------------------

@@ -180,3 +180,16 @@ def test_every_field_has_a_description():
                 assert info.description, f"{model.__name__}.{name} has no description"
 
     walk(ToolkitConfig)
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ("country=../../pipeline", "two-letter market code"),
+        ("period=2026-13", "month as YYYY-MM"),
+        ("category=../markets/US", "lowercase category name"),
+    ],
+)
+def test_identity_values_never_become_paths(project, patch, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(patches=[patch], project_dir=project)

@@ -8,7 +8,7 @@ import ui
 
 from toolkit import app_api, runs
 
-ctx = ui.session()
+ctx = ui.guard()  # sign-in and exposure checks, on every page
 tz = ui.timezone()
 
 st.title("Runs")

@@ -9,7 +9,7 @@ import ui
 
 from toolkit import app_api, browse, runs
 
-ctx = ui.session()
+ctx = ui.guard()  # sign-in and exposure checks, on every page
 tz = ui.timezone()
 
 st.title("Compare runs")

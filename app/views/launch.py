@@ -15,7 +15,7 @@ ALL = "(all categories)"
 IDENTITY_KEYS = ("launch.country", "launch.period", "launch.category")
 SAVED = "launch.saved"  # the form survives a visit to another page
 
-ctx = ui.session()
+ctx = ui.guard()  # sign-in and exposure checks, on every page
 
 
 def _identity_from_state() -> forms.Identity:

@@ -9,7 +9,7 @@ import ui
 
 from toolkit import app_api, browse, forms, runs
 
-ctx = ui.session()
+ctx = ui.guard()  # sign-in and exposure checks, on every page
 tz = ui.timezone()
 
 st.title("Run results")
@@ -132,7 +132,6 @@ with tab_recs:
                 "changes are over the forecast horizon."
             )
         )
-        money = st.column_config.NumberColumn(format="%.2f")
         whole = st.column_config.NumberColumn(format="%+,.0f")
         st.dataframe(
             table,
@@ -141,16 +140,20 @@ with tab_recs:
             key="detail.table",
             column_order=[c for c in table.columns if not (only_changes and c == "Changed")],
             column_config={
-                "Current price": money,
-                "Recommended price": money,
-                "Change %": st.column_config.NumberColumn(format="%+.1f%%"),
-                "Expected units": st.column_config.NumberColumn(format="%,.0f"),
+                "Current price": st.column_config.NumberColumn("Price", format="%.2f"),
+                "Recommended price": st.column_config.NumberColumn(
+                    "New price", format="%.2f", help="Recommended price"
+                ),
+                "Change %": st.column_config.NumberColumn("Change", format="%+.1f%%"),
+                "Expected units": st.column_config.NumberColumn(
+                    "Units", format="%,.0f", help="Expected units over the forecast horizon"
+                ),
                 "Revenue change": whole,
                 "Margin change": whole,
                 "Markdown cost": st.column_config.NumberColumn(format="%,.0f"),
             },
         )
-        dl1, dl2, _ = st.columns([1, 1, 2])
+        dl1, dl2, _ = st.columns([1, 1, 1])
         dl1.download_button(
             "Download this table (CSV)",
             table.to_csv(index=False).encode(),
