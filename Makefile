@@ -21,7 +21,9 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip >/dev/null
 	$(PY) -m pip install -q --upgrade uv
-	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.lock
+	# Compiled bytecode: where PYTHONDONTWRITEBYTECODE is set (containers, CI) every process
+	# and every notebook kernel would otherwise compile each module it imports, every time.
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -r requirements.lock
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	# Privacy in every interpreter of the venv, including a bare `ploomber build`.
 	echo "import os; os.environ.setdefault('PLOOMBER_STATS_ENABLED', 'false'); os.environ.setdefault('PLOOMBER_VERSION_CHECK_DISABLED', '1')" \

@@ -88,9 +88,9 @@ def findings(rows: list[Row], data: dict) -> list[str]:
         out.append(
             "* **No compiled bytecode.** The venv has no `.pyc` files (uv does not compile "
             "by default) and `PYTHONDONTWRITEBYTECODE` is set, so every process, and every "
-            "Jupyter kernel, compiles every module it imports: `import toolkit.runner` "
-            f"costs {cost('toolkit.runner'):.1f} s instead of "
-            f"{cost('toolkit.runner', 'cached'):.1f} s, a step's own imports "
+            "Jupyter kernel, compiles every module it imports: `import ploomber` "
+            f"costs {cost('ploomber'):.1f} s instead of "
+            f"{cost('ploomber', 'cached'):.1f} s, a step's own imports "
             f"{cost('a step'):.1f} s instead of {cost('a step', 'cached'):.1f} s. "
             "`uv pip install --compile-bytecode` in `make install` removes it."
         )
@@ -101,13 +101,12 @@ def findings(rows: list[Row], data: dict) -> list[str]:
         "pyarrow, pandera and toolkit.io; statsmodels on top for forecast). Five steps pay "
         "this five times; the plain floor pays the imports once and starts no kernel."
     )
-    if loaded.get("runner_imports_ploomber"):
+    if loaded.get("plan_imports_ploomber"):
         out.append(
-            "* `toolkit run` imports Ploomber before it knows whether anything must run "
-            "(toolkit.runner -> toolkit.pipeline -> ploomber -> papermill, nbformat, "
-            f"jsonschema, sqlalchemy, ...): {cost('toolkit.runner'):.1f} s of every run, "
-            "cached or not, and Ploomber then renders the DAG just to read each step's "
-            "source, upstream and params."
+            "* Every `toolkit run`, cached or not, imports Ploomber "
+            f"({cost('ploomber'):.1f} s) and renders the DAG (`runner._plan` -> "
+            "`pipeline.load_dag`) just to read each step's source, upstream and params "
+            "before it looks anything up in the cache."
         )
     if loaded.get("summary_imports_statsmodels"):
         out.append(
