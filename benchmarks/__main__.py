@@ -12,6 +12,7 @@ import argparse
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -46,6 +47,8 @@ def _parse(argv):
 
 def main(argv=None) -> int:
     args = _parse(argv)
+    # `kill` stops the benchmark like Ctrl-C: the command being measured is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     preset = QUICK if args.quick else FULL
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else preset["sizes"]
     rounds = args.rounds or preset["rounds"]

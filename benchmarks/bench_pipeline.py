@@ -14,6 +14,7 @@ so each ratio compares two processes that ran back to back under the same machin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -184,15 +185,13 @@ def run(settings: Settings, progress: Callable[[str], None] = print) -> list[Row
         env = base_env(str(roots[base]))
         return [command("tweak", argv, env), command("noop", argv, env)]
 
-    s3 = S3Server() if settings.s3_size else None
-    try:
+    with S3Server() if settings.s3_size else contextlib.nullcontext() as s3:
         if s3 is not None:
-            s3.__enter__()
             s3.upload_tree(roots[settings.s3_size] / "raw", "s3root/raw")
-            s3_root = f"s3://{BUCKET}/s3root"
 
         def s3_full():
-            return command(f"s3@{settings.s3_size}", [*toolkit, "--force"], s3.env(s3_root))
+            env = s3.env(f"s3://{BUCKET}/s3root")
+            return command(f"s3@{settings.s3_size}", [*toolkit, "--force"], env)
 
         def schedule(number: int):
             steps = []
@@ -215,9 +214,6 @@ def run(settings: Settings, progress: Callable[[str], None] = print) -> list[Row
             if s3 is not None:
                 warmup.append(s3_full())
         samples = run_rounds(schedule, settings.rounds, warmup, progress)
-    finally:
-        if s3 is not None:
-            s3.__exit__()
     return rows(settings, samples)
 
 

@@ -24,7 +24,10 @@ IMPORTS = {
     "a step's own imports (pandas, pyarrow, pandera, toolkit.io)": (
         "from toolkit import io, schemas, transform"
     ),
-    "statsmodels (via toolkit.forecasting)": "import toolkit.forecasting",
+    "statsmodels (the forecast step fits its models with it)": "import statsmodels.api",
+    "a step's first contract check (+ pandera builds a schema)": (
+        "from toolkit import schemas; schemas.Plan.to_schema()"
+    ),
 }
 
 _ENGINE_SCRIPT = r"""
@@ -80,6 +83,11 @@ print(json.dumps({
     "summary_imports_statsmodels": "statsmodels" in sys.modules
     and "forecasting" in inspect.getsource(runner.summary),
     "venv_has_bytecode": any(origin.rglob("*.pyc")),
+    # pandera resolves its type annotations against every backend that is installed.
+    "schema_imports_dask": (
+        __import__("toolkit.schemas").schemas.Plan.to_schema() is not None
+        and "dask.dataframe" in sys.modules
+    ),
     "dont_write_bytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE")),
 }))
 """

@@ -7,7 +7,9 @@ round by round (A B A B ...), each side summarised by its median after a warm-up
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import statistics
 import subprocess
 import threading
@@ -92,7 +94,12 @@ def measure(
     with open(log, "wb") as out:
         started = time.perf_counter()
         process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
-            list(argv), cwd=str(cwd), env=dict(env), stdout=out, stderr=subprocess.STDOUT
+            list(argv),
+            cwd=str(cwd),
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped whole if we are stopped
         )
         try:
             root = psutil.Process(process.pid)
@@ -112,7 +119,8 @@ def measure(
             # largest process among it and the descendants it waited for (kernels).
             _, status, usage = os.wait4(process.pid, 0)
         except BaseException:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # the command and its kernels
             process.wait()
             raise
         finally:

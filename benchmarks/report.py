@@ -101,6 +101,13 @@ def findings(rows: list[Row], data: dict) -> list[str]:
         "pyarrow, pandera and toolkit.io; statsmodels on top for forecast). Five steps pay "
         "this five times; the plain floor pays the imports once and starts no kernel."
     )
+    if loaded.get("schema_imports_dask"):
+        extra = cost("a step's first contract") - cost("a step's own imports")
+        out.append(
+            "* The first contract check in every kernel costs another "
+            f"{extra:.1f} s: pandera's `DataFrameModel.to_schema` imports `dask.dataframe` "
+            "because dask is installed (the `scale` extra), to register its Dask types."
+        )
     if loaded.get("plan_imports_ploomber"):
         out.append(
             "* Every `toolkit run`, cached or not, imports Ploomber "

@@ -12,5 +12,11 @@ import os
 os.environ.setdefault("PLOOMBER_STATS_ENABLED", "false")
 os.environ.setdefault("PLOOMBER_VERSION_CHECK_DISABLED", "1")
 
+# One BLAS thread in every step kernel (notebooks import toolkit before numpy): the
+# forecasts' float sums then do not depend on the thread count, so a step gives the same
+# numbers in this process, on a Dask worker (which pins one thread) or anywhere else.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
 __version__ = "0.1.0"
 __all__ = ["__version__"]

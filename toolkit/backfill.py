@@ -10,8 +10,10 @@ import json
 import queue
 import re
 import secrets
+import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -413,27 +415,29 @@ def _drive_threads(context: _Context, shared) -> None:
     todo: queue.Queue[_Combination] = queue.Queue()
     for combination in context.manifest.combinations:
         todo.put(combination)
+    # Single dict and list operations, atomic under the GIL: no lock needed.
     active: dict[int, _Combination] = {}
-    lock = threading.Lock()
     stopping = threading.Event()
+    finished: list[str] = []  # names of the threads that are done
 
     def work() -> None:
-        while not stopping.is_set():
-            try:
-                combination = todo.get_nowait()
-            except queue.Empty:
-                return
-            with lock:
+        try:
+            while not stopping.is_set():
+                try:
+                    combination = todo.get_nowait()
+                except queue.Empty:
+                    return
                 active[id(combination)] = combination
-                if stopping.is_set():
+                if stopping.is_set():  # set after the main thread looked at ``active``
                     combination.stop.set()
-            try:
-                _drive(context, combination, shared)
-            except KeyboardInterrupt:  # its run recorded "interrupted" already
-                pass
-            finally:
-                with lock:
+                try:
+                    _drive(context, combination, shared)
+                except KeyboardInterrupt:  # its run recorded "interrupted" already
+                    pass
+                finally:
                     active.pop(id(combination), None)
+        finally:
+            finished.append(threading.current_thread().name)
 
     threads = [
         threading.Thread(target=work, name=f"toolkit-backfill-{i}", daemon=True)
@@ -441,15 +445,14 @@ def _drive_threads(context: _Context, shared) -> None:
     ]
     for thread in threads:
         thread.start()
-    interrupted = False
-    while any(thread.is_alive() for thread in threads):
-        try:
-            for thread in threads:
-                thread.join(0.5)  # a timeout, so KeyboardInterrupt gets through
-        except KeyboardInterrupt:
-            with lock:
-                running = list(active.values())
-            if not interrupted and _route_cancel(running):
+    interrupted, seen = False, 0
+    with _CountedInterrupts() as interrupts:
+        while len(finished) < len(threads):
+            time.sleep(0.2)
+            if interrupts.count == seen:
+                continue
+            seen = interrupts.count
+            if not interrupted and _route_cancel(list(active.values())):
                 continue
             if interrupted:
                 break  # a second Ctrl-C: leave now; the runs' heartbeats just stop
@@ -457,19 +460,43 @@ def _drive_threads(context: _Context, shared) -> None:
             interrupted = True
             context.progress("stopping every run (Ctrl-C again to leave at once)")
             stopping.set()
-            with lock:
-                running = list(active.values())
-            for combination in running:
+            for combination in list(active.values()):
                 combination.stop.set()
     if interrupted:
         _finish_interrupted(context)
 
 
+class _CountedInterrupts:
+    """While run loops are in threads, SIGINT is counted in the main thread, not raised.
+
+    Both Ctrl-C and a cancelled run's heartbeat (``_thread.interrupt_main``) arrive as
+    SIGINT. Raised as KeyboardInterrupt, it could surface anywhere in the main thread,
+    including in ``Thread.join``, which on CPython 3.11 then marks a live thread stopped
+    (bpo-45274), and the shared cluster would close under its run.
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.previous = None
+
+    def __enter__(self) -> _CountedInterrupts:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def _note(self, signum, frame) -> None:
+        self.count += 1
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 def _route_cancel(running: list[_Combination]) -> bool:
     """Stop the runs ``toolkit runs cancel`` asked to stop; False when there are none.
 
-    A run's heartbeat reacts to a cancel marker with ``_thread.interrupt_main``, which
-    lands in this (main) thread, not in the run's: hand it on to that run's executor.
+    A run's heartbeat reacts to a cancel marker with ``_thread.interrupt_main``: a SIGINT
+    for the main thread, not for the run's own: hand it on to that run's executor.
     """
     cancelled = []
     for combination in running:
@@ -548,7 +575,7 @@ def _resume(context: _Context, combination: _Combination, options, say) -> dict 
     if status not in RESUMABLE:
         how = {
             "succeeded": "already succeeded",
-            "cancelled": f"was cancelled; `toolkit resume {combination.run_id}` resumes it",
+            "cancelled": "was cancelled on purpose; a backfill resume leaves it as it is",
         }.get(status, f"is still {status}; is the backfill still going elsewhere?")
         say(f"run {combination.run_id} {how}")
         return record

@@ -224,8 +224,14 @@ class DaskExecutor:
         from distributed import Client, LocalCluster
 
         self._tmp = tempfile.mkdtemp(prefix="toolkit-dask-")
-        # Worker deaths a task survives: ``retries`` is the one knob for both kinds of retry.
-        settings = {"distributed.scheduler.allowed-failures": self.retries}
+        settings = {
+            # Worker deaths a task survives: ``retries`` is the one knob for both retries.
+            "distributed.scheduler.allowed-failures": self.retries,
+            # Dask pins OpenMP/BLAS to one thread in its workers, and the forecast's
+            # iterative fits then give other floats (1e-5 apart) than a serial run. Keep
+            # only its malloc setting: workers inherit ours, as serial kernels do.
+            "distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 65536},
+        }
         try:
             with dask.config.set(settings):
                 self.cluster = LocalCluster(

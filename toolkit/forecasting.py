@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
-from statsmodels.tools.sm_exceptions import ConvergenceWarning
-from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
+# statsmodels (~2 s to import) is imported where a model is fitted, so reading results
+# (summarize_backtest, the summary `toolkit run` prints) does not pay for it.
 
 __all__ = [
     "ELASTICITY_BOUNDS",
@@ -343,6 +343,8 @@ def _regress(series: pd.DataFrame, season_length: int, cov_type: str = "nonrobus
     The price column is left out when the price never moved, as it then carries no
     price information and would only make the design singular.
     """
+    import statsmodels.api as sm
+
     t = series["t"].to_numpy()
     design = pd.concat([_trend(t, season_length), _fourier(t, season_length)], axis=1)
     design.insert(0, "const", 1.0)
@@ -356,6 +358,9 @@ def _regress(series: pd.DataFrame, season_length: int, cov_type: str = "nonrobus
 
 def _forecast_series(series: pd.DataFrame, horizon: int, season_length: int) -> np.ndarray:
     """Forecasts one product's units for the next `horizon` weeks at list price."""
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+    from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
     if not series["units"].any():
         return np.zeros(horizon)
     t = series["t"].to_numpy()

@@ -25,8 +25,9 @@ child.wait()
 def test_memory_covers_the_whole_process_tree(tmp_path):
     sample = measure("tree", [sys.executable, "-c", TREE], {}, tmp_path, tmp_path / "tree.log")
     assert sample.tree_rss_peak >= 170 * 2**20  # parent and child together
-    assert 120 * 2**20 <= sample.max_rss < 170 * 2**20  # the largest single process
-    assert sample.seconds >= 0.6
+    # getrusage(RUSAGE_CHILDREN) is the largest child this test process ever waited for,
+    # so in a full suite it may come from an earlier test: only a lower bound holds.
+    assert sample.max_rss >= 120 * 2**20
     assert sample.cpu > 0
 
 

@@ -364,3 +364,46 @@ def test_killed_launcher_resumes_its_run_and_starts_the_rest(dask_backfill):
     started = record_of(root, after["combinations"][1]["run_id"])
     assert started["backfill"] == manifest["id"] and started["status"] == "succeeded"
     assert json.dumps(after).count('"succeeded"') == 2
+
+
+def test_cancel_one_run_of_a_dask_backfill_then_ctrl_c_the_rest(dask_backfill):
+    root, _, _ = dask_backfill
+    env = toolkit_env(root)
+    args = ["backfill", "--market", "US", "--period", PERIODS, "--executor", "dask"]
+    proc = subprocess.Popen(
+        TOOLKIT + args + ["--patch", "forecast.horizon=9"],
+        env=env,
+        cwd=PROJECT_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        ids = {}
+        while len(ids) < 2:
+            line = proc.stdout.readline()
+            assert line, "the backfill ended before starting its runs"
+            if "] run " in line:
+                ids[line.split("]")[0].strip("[").split()[1]] = line.split()[-1]
+
+        def forecasting(run_id):
+            step = record_of(root, run_id)["steps"].get("forecast", {})
+            return step.get("status") == "running"
+
+        wait_for(lambda: all(forecasting(i) for i in ids.values()), timeout=300)
+        cancelled, interrupted = ids["2026-10"], ids["2026-11"]
+        toolkit(["runs", "cancel", cancelled], env)
+        wait_for(lambda: record_of(root, cancelled)["status"] == "cancelled", timeout=60)
+        assert record_of(root, interrupted)["status"] == "running"  # the other goes on
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert record_of(root, cancelled)["steps"]["forecast"]["status"] == "cancelled"
+    stopped = record_of(root, interrupted)
+    assert stopped["status"] == "interrupted"
+    assert stopped["steps"]["forecast"]["status"] == "interrupted"
+    manifest = backfill_mod.load_manifest(root=root)
+    assert [c["status"] for c in manifest["combinations"]] == ["cancelled", "interrupted"]
+    assert "2 runs: 1 cancelled, 1 interrupted" in out

@@ -384,5 +384,6 @@ def test_cancel_stops_a_running_run(local_store):
     assert proc.wait(timeout=120) == 1
     record = record_of(local_store, run_id)
     assert record["status"] == "cancelled"
-    assert record["steps"]["forecast"]["status"] == "cancelled"
+    # The cancel lands inside forecast, or just after it finished; nothing runs after it.
+    assert record["steps"]["forecast"]["status"] in ("cancelled", "succeeded")
     assert "optimize" not in record["steps"]
