@@ -116,8 +116,10 @@ def run_command(patches, configs, force, run_id, executor, workers, scheduler) -
         click.echo(f"run failed: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        click.echo("\ninterrupted; `toolkit runs list` shows the run, `toolkit resume RUN` "
-                   "finishes it", err=True)
+        click.echo(
+            "\ninterrupted; `toolkit runs list` shows the run, `toolkit resume RUN` finishes it",
+            err=True,
+        )
         sys.exit(130)
     click.echo("")
     click.echo(runner.summary(record))

@@ -136,8 +136,13 @@ def list_runs(root: str | None = None) -> list[dict[str, Any]]:
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
         except (ValueError, TypeError, UnicodeDecodeError) as exc:
-            records.append({"id": run_id, "status": "unreadable",
-                            "error": f"run record {record_url(run_id, root)} is corrupt: {exc}"})
+            records.append(
+                {
+                    "id": run_id,
+                    "status": "unreadable",
+                    "error": f"run record {record_url(run_id, root)} is corrupt: {exc}",
+                }
+            )
             continue
         record["stored_status"] = record.get("status")
         record["status"] = effective_status(record)
