@@ -42,6 +42,7 @@ class Settings:
 
     @property
     def n_runs(self) -> int:
+        """Runs in one backfill: markets x periods."""
         from toolkit.backfill import parse_list, parse_periods
 
         return len(parse_list(self.markets)) * len(parse_periods(self.periods))

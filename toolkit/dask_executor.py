@@ -106,12 +106,15 @@ class StepFuture:
 
     @property
     def key(self) -> str:
+        """The Dask task key: ``<step>-<12 hex digits>``, unique per submission."""
         return self.dask_future.key
 
     def done(self) -> bool:
+        """True once the task finished, failed or was cancelled."""
         return self.dask_future.done()
 
     def cancel(self) -> None:
+        """Ask the scheduler to drop the task (a task already running finishes first)."""
         self.dask_future.cancel()
 
     def result(self, timeout: float | None = None) -> Any:

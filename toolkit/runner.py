@@ -200,6 +200,8 @@ def resume(
         return record
     record["status"] = record.pop("stored_status", status)
     record.setdefault("resumed", []).append(runs.now())
+    # A cancel request that stopped the run before would stop it again at the first beat.
+    storage.remove(runs.run_url(run_id, "cancel", root=record.get("root")))
     return execute(
         record,
         force=False,

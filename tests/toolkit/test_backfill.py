@@ -315,12 +315,12 @@ def test_unknown_market_is_reported_and_the_others_run(dask_backfill):
 def test_failed_runs_resume_where_they_stopped(dask_backfill):
     root, _, _ = dask_backfill
     # New delivery settings re-execute only format_output; its worker dies every time.
-    args = ["backfill", "--market", MARKETS, "--period", PERIODS, "--executor", "dask"]
+    args = ["backfill", "--market", "DE", "--period", PERIODS, "--executor", "dask"]
     args += ["--patch", "output.retries=4", "--patch", "execution.retries=0"]
     crash = toolkit_env(root, TOOLKIT_CRASH_AT="format_output:before-manifest")
     failed = toolkit(args, crash, check=False)
     assert failed.returncode == 1, failed.stderr[-3000:]
-    assert "4 runs: 4 failed" in failed.stdout
+    assert "2 runs: 2 failed" in failed.stdout
     assert "failed: step format_output: StepLost: worker lost while running step" in failed.stdout
     manifest = backfill_mod.load_manifest(root=root)
     before = runs_by_combination(root, manifest)
@@ -330,8 +330,8 @@ def test_failed_runs_resume_where_they_stopped(dask_backfill):
         assert "retried 0 times" in record["steps"]["format_output"]["error"]
 
     resumed = toolkit(["backfill", "--resume"], toolkit_env(root))
-    assert "4 runs: 4 succeeded" in resumed.stdout
-    assert f"backfill {manifest['id']}: 4 runs on the dask executor" in resumed.stdout
+    assert "2 runs: 2 succeeded" in resumed.stdout
+    assert f"backfill {manifest['id']}: 2 runs on the dask executor" in resumed.stdout
     after = backfill_mod.load_manifest(root=root)
     assert after["id"] == manifest["id"] and len(after["resumed"]) == 1
     for combination, record in runs_by_combination(root, after).items():
