@@ -27,10 +27,17 @@ FULL = {
     "sizes": (80, 800, 8000),
     "rounds": 3,
     "s3_size": 800,
+    "tweak_sizes": (80, 800),
     "parts": "pipeline,breakdown,app,dask",
 }
-# The Dask backfill alone takes minutes (4 runs x 2 executors): not in the quick version.
-QUICK = {"sizes": (10, 100), "rounds": 1, "s3_size": 10, "parts": "pipeline,breakdown,app"}
+# Quick: no S3 (one more full run) and no Dask (minutes on its own) to stay within minutes.
+QUICK = {
+    "sizes": (10, 100),
+    "rounds": 1,
+    "s3_size": 0,
+    "tweak_sizes": (10,),
+    "parts": "pipeline,breakdown,app",
+}
 
 
 def _parse(argv):
@@ -85,11 +92,13 @@ def main(argv=None) -> int:
                 s3_size=s3_size or None,
                 workdir=workdir / "pipeline",
                 full_warmup=not args.quick,
+                tweak_sizes=tuple(n for n in preset["tweak_sizes"] if n in sizes) or sizes[:1],
             )
             rows += _guarded("B1-B4, B6", lambda: bench_pipeline.run(settings))
         if "breakdown" in parts:
             found = _guarded(
-                "breakdown", lambda: breakdown.run(workdir / "breakdown", 1 if args.quick else 3)
+                "breakdown",
+                lambda: breakdown.run(workdir / "breakdown", 1 if args.quick else 3, args.quick),
             )
             if isinstance(found, dict):
                 notes["breakdown"] = found
@@ -148,36 +157,25 @@ def _guarded(label, fn):
         return [Row(label, f"{label} did not complete", "error", "-", "error", message[:300])]
 
 
-# --- Hook: the Dask speedup benchmark (benchmarks/bench_dask.py, another engineer's) ------
-# Contract: ``bench_dask.run(workdir: Path, quick: bool) -> list[Row]`` (rows from
-# benchmarks.harness.Row; ``ratio``/``target_value`` feed the plot). Until that file
-# exists, results.md carries a "pending" row.
+# --- Hook: the Dask speedup benchmark (benchmarks/bench_dask.py) -------------------------
+# Contract: ``bench_dask.run(workdir: Path, quick: bool) -> list[Row]`` (benchmarks.harness
+# rows; ``ratio``/``target_value`` feed the plot). Without it, results.md says "pending".
 def _dask_rows(workdir: Path, quick: bool) -> list[Row]:
-    if not (HERE / "bench_dask.py").exists():
+    import importlib.util
+
+    if importlib.util.find_spec("benchmarks.bench_dask") is None:
         return [
             Row(
                 "Dask",
-                "backfill of 4 runs, 2 Dask workers / serial",
+                "backfill of 4 runs, serial / 2 Dask workers",
                 "pending",
                 "reported",
                 "pending",
-                "HOOK: benchmarks/bench_dask.py is not there yet; once it defines "
-                "run(workdir, quick) -> list[Row], `make bench` includes its rows",
+                "benchmarks/bench_dask.py (run(workdir, quick) -> list[Row]) is not there yet",
             )
         ]
     from benchmarks import bench_dask
 
-    if not hasattr(bench_dask, "run"):
-        return [
-            Row(
-                "Dask",
-                "backfill of 4 runs, 2 Dask workers / serial",
-                "pending",
-                "reported",
-                "pending",
-                "HOOK: benchmarks/bench_dask.py has no run(workdir, quick) -> list[Row]",
-            )
-        ]
     return list(bench_dask.run(workdir=workdir, quick=quick))
 
 

@@ -3,7 +3,7 @@
 One session of rounds; each round runs, in order (swapped every other round):
 
 * at every size: the plain floor and a forced full `toolkit run` (B1; B3 between sizes)
-* at the base size, right after the full run: a weight-only tweak
+* at each tweak size, right after the full run: a weight-only tweak
   (``--patch optimize.weights.margin=<new value>``, B2) and the same command again, every
   step cached (B6)
 * at the S3 size, next to the local full run: the same full run with the root on moto's
@@ -43,6 +43,7 @@ class Settings:
     workdir: Path
     python: str = sys.executable
     full_warmup: bool = True  # False (quick): warm up only the plain and full runs
+    tweak_sizes: tuple[int, ...] = ()  # B2 and B6 at these sizes (default: the smallest)
 
 
 def base_env(root: str) -> dict[str, str]:
@@ -180,10 +181,12 @@ def run(settings: Settings, progress: Callable[[str], None] = print) -> list[Row
     def full(n: int):
         return command(f"full@{n}", [*toolkit, "--force"], base_env(str(roots[n])))
 
-    def tweak_pair(margin: str):
+    tweak_sizes = settings.tweak_sizes or (base,)
+
+    def tweak_pair(n: int, margin: str):
         argv = [*toolkit, f"--patch=optimize.weights.margin={margin}"]
-        env = base_env(str(roots[base]))
-        return [command("tweak", argv, env), command("noop", argv, env)]
+        env = base_env(str(roots[n]))
+        return [command(f"tweak@{n}", argv, env), command(f"noop@{n}", argv, env)]
 
     with S3Server() if settings.s3_size else contextlib.nullcontext() as s3:
         if s3 is not None:
@@ -199,9 +202,9 @@ def run(settings: Settings, progress: Callable[[str], None] = print) -> list[Row
                 group = [plain(n), full(n)]
                 if number % 2:
                     group.reverse()  # A B, then B A: no command always runs second
-                if n == base:
+                if n in tweak_sizes:
                     at = [name for name, _ in group].index(f"full@{n}") + 1
-                    group[at:at] = tweak_pair(new_margin())
+                    group[at:at] = tweak_pair(n, new_margin())
                 if s3 is not None and n == settings.s3_size:
                     at = [name for name, _ in group].index(f"full@{n}")
                     group.insert(at + (number % 2 == 0), s3_full())
@@ -210,7 +213,7 @@ def run(settings: Settings, progress: Callable[[str], None] = print) -> list[Row
 
         warmup = [plain(base), full(base)]
         if settings.full_warmup:
-            warmup += tweak_pair(new_margin())
+            warmup += tweak_pair(base, new_margin())
             if s3 is not None:
                 warmup.append(s3_full())
         samples = run_rounds(schedule, settings.rounds, warmup, progress)
@@ -277,17 +280,18 @@ def rows(settings: Settings, samples: dict[str, list[Sample]]) -> list[Row]:
         )
         row.extra = {"size": n, "kind": "B1", "label": f"toolkit/plain, {n:,} products"}
         out.append(row)
-    out.append(
-        _ratio_row(
-            "B2",
-            f"tweak (`--patch optimize.weights.margin=<new>`) / the full run, {base:,} products",
-            samples["tweak"],
-            samples[f"full@{base}"],
-            0.15,
-            "re-executes optimize and format_output",
-            "tweak/full",
+    for n in settings.tweak_sizes or (base,):
+        out.append(
+            _ratio_row(
+                "B2",
+                f"tweak (`--patch optimize.weights.margin=<new>`) / the full run, {n:,} products",
+                samples[f"tweak@{n}"],
+                samples[f"full@{n}"],
+                0.15,
+                "re-executes optimize and format_output",
+                f"tweak/full, {n:,} products",
+            )
         )
-    )
     for small, large in zip(sizes, sizes[1:], strict=False):
         full_small, full_large = samples[f"full@{small}"], samples[f"full@{large}"]
         plain_small, plain_large = samples[f"plain@{small}"], samples[f"plain@{large}"]
@@ -326,7 +330,18 @@ def rows(settings: Settings, samples: dict[str, list[Sample]]) -> list[Row]:
             },
         )
     )
-    if settings.s3_size:
+    if not settings.s3_size:
+        out.append(
+            Row(
+                "B4",
+                "full run, root on moto S3 / on local disk",
+                "not run",
+                "reported",
+                "skipped",
+                "not part of this run (`make bench` runs it)",
+            )
+        )
+    else:
         n = settings.s3_size
         out.append(
             _ratio_row(
@@ -339,17 +354,18 @@ def rows(settings: Settings, samples: dict[str, list[Sample]]) -> list[Row]:
                 "S3/local",
             )
         )
-    out.append(
-        _ratio_row(
-            "B6",
-            f"no-op (same config again, all 5 steps cached) / full run, {base:,} products",
-            samples["noop"],
-            samples[f"full@{base}"],
-            0.05,
-            "",
-            "no-op/full",
+    for n in settings.tweak_sizes or (base,):
+        out.append(
+            _ratio_row(
+                "B6",
+                f"no-op (same config again, all 5 steps cached) / full run, {n:,} products",
+                samples[f"noop@{n}"],
+                samples[f"full@{n}"],
+                0.05,
+                "",
+                f"no-op/full, {n:,} products",
+            )
         )
-    )
     return out
 
 

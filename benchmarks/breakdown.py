@@ -93,22 +93,27 @@ print(json.dumps({
 """
 
 
-def run(workdir: Path, repeats: int = 3) -> dict:
-    """Import costs (seconds) and per-notebook / per-cell costs of each engine."""
+def run(workdir: Path, repeats: int = 3, quick: bool = False) -> dict:
+    """Import costs (seconds) and per-notebook / per-cell costs of each engine.
+
+    ``quick``: each import once, as installed only (no warm-up, no bytecode comparison).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     env = base_env(str(workdir / "root"))
     # "installed": as this venv is; "cached": with compiled bytecode available (a private
     # PYTHONPYCACHEPREFIX, written by the warm-up), which shows what compiling costs.
     cached_env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
     cached_env["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache")
+    kinds = {"installed": env} if quick else {"installed": env, "cached": cached_env}
+    warmups = 0 if quick else 1
     imports = {}
     for label, code in IMPORTS.items():
-        times: dict[str, list] = {"installed": [], "cached": []}
-        for number in range(repeats + 1):
-            for kind, environ in (("installed", env), ("cached", cached_env)):
+        times: dict[str, list] = {kind: [] for kind in kinds}
+        for number in range(warmups + repeats):
+            for kind, environ in kinds.items():
                 argv = [sys.executable, "-c", code]
                 sample = measure(label, argv, environ, PROJECT_DIR, workdir / "import.log")
-                if number:  # the first of each is a warm-up
+                if number >= warmups:
                     times[kind].append(sample)
         imports[label] = {kind: median(samples) for kind, samples in times.items()}
     engines = {}
@@ -133,7 +138,13 @@ def run(workdir: Path, repeats: int = 3) -> dict:
         text=True,
     )
     loaded = json.loads(probe.stdout.strip().splitlines()[-1])
-    return {"imports": imports, "engines": engines, "repeats": repeats, "loaded": loaded}
+    return {
+        "imports": imports,
+        "engines": engines,
+        "repeats": repeats,
+        "quick": quick,
+        "loaded": loaded,
+    }
 
 
 def summary_lines(data: dict) -> list[str]:
@@ -147,6 +158,8 @@ def summary_lines(data: dict) -> list[str]:
         cells = [
             f"{seconds[kind]:.2f}"
             + ("" if label == "interpreter" else f" (+{seconds[kind] - base[kind]:.2f})")
+            if kind in seconds
+            else "not measured (quick)"
             for kind in ("installed", "cached")
         ]
         lines.append(f"| `import` {label} | {cells[0]} | {cells[1]} |")
@@ -156,7 +169,8 @@ def summary_lines(data: dict) -> list[str]:
         lines.append(f"| {engine}: each further trivial cell | {costs['per_cell']:.3f} | |")
     lines.append("")
     lines.append(
-        f"Imports: whole processes (`python -c`), median of {data['repeats']} after a warm-up; "
+        f"Imports: whole processes (`python -c`), median of {data['repeats']} "
+        f"{'(quick: no warm-up)' if data.get('quick') else 'after a warm-up'}; "
         '(+x) is over the bare interpreter. "Bytecode cached" runs the same with compiled '
         "`.pyc` files available (a private `PYTHONPYCACHEPREFIX`). Notebooks: one process "
         "per engine with the engine imported, median after a warm-up."
