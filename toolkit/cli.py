@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
 
+from toolkit import cli_options
 from toolkit import config as config_mod
 
-# No telemetry, whatever the user's shell says (Ploomber reads these at import).
-os.environ["PLOOMBER_STATS_ENABLED"] = "false"
-os.environ["PLOOMBER_VERSION_CHECK_DISABLED"] = "1"
-
-_patch_option = click.option(
-    "--patch",
-    "patches",
-    multiple=True,
-    metavar="KEY.PATH=VALUE",
-    help="Override one config value, e.g. --patch country=DE (repeatable, applied last).",
-)
-_config_option = click.option(
-    "--config",
-    "configs",
-    multiple=True,
-    metavar="URL",
-    help="Extra config layer: local path or fsspec URL such as s3://... (repeatable).",
-)
+# Shared with the other command module; importing it also turns telemetry off.
+_patch_option, _config_option = cli_options.patch_option, cli_options.config_option
 
 
 def _resolve_or_exit(configs, patches) -> config_mod.ResolvedConfig:
