@@ -39,12 +39,14 @@ def prepare(out_dir: str | Path, patches: tuple[str, ...] = ()) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     resolved = config_mod.resolve(patches=patches)
     env = runner.ploomber_env(resolved, (), patches, run_id="plain")
-    dag = pipeline.load_dag({**env, "build_dir": str(out / "workspace")})
+    env = {**env, "build_dir": str(out / "workspace")}
+    dag = pipeline.load_dag(env)
     if File in dag.clients:
         del dag.clients[File]  # nothing is mirrored to storage
     dag.render(force=True, show_progress=False)
     scripts = []
-    for position, name in enumerate(runner._topological(dag), start=1):
+    order = [step.name for step in pipeline.plan(env)]  # the order a run takes
+    for position, name in enumerate(order, start=1):
         task = dag[name]
         rendered = json.loads(task.source.nb_str_rendered)
         injected = [

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from toolkit import cache, executors, runs, storage
+from toolkit import cache, executors, pipeline, runs, storage
 from toolkit import config as config_mod
 
 __all__ = [
@@ -57,9 +57,7 @@ def ploomber_env(resolved: config_mod.ResolvedConfig, configs=(), patches=(), ru
 
 def load_dag(resolved: config_mod.ResolvedConfig, configs=(), patches=()):
     """The DAG for this config, in the default Ploomber workspace (for inspection)."""
-    from toolkit import pipeline  # imports Ploomber: seconds, so only when needed
-
-    return pipeline.load_dag(ploomber_env(resolved, configs, patches))
+    return pipeline.load_dag(ploomber_env(resolved, configs, patches))  # imports Ploomber
 
 
 # ---------------------------------------------------------------------------
@@ -222,8 +220,11 @@ def cancel(run_id: str) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _plan(record: dict[str, Any]):
-    """Load the DAG for a run (frozen config) to read each step's source and params."""
+def _plan(record: dict[str, Any]) -> tuple[dict[str, str], list[pipeline.Step]]:
+    """A run's env (its frozen config) and its steps in run order, without Ploomber.
+
+    A fully cached run then never imports Ploomber; only executing a step does.
+    """
     env = {
         "country": record["market"],
         "period": record["period"],
@@ -232,29 +233,15 @@ def _plan(record: dict[str, Any]):
         "patches": "[]",
         "run_id": record["id"],
     }
-    from toolkit import pipeline  # imports Ploomber: seconds, so only when needed
-
-    # Planning reads sources and params only; nothing is written to this workspace.
+    # Planning reads sources and params only; should it fall back to Ploomber, nothing is
+    # written to this workspace.
     workspace = Path(tempfile.gettempdir()) / "toolkit-plan"
-    return env, pipeline.load_dag({**env, "build_dir": str(workspace)})
+    return env, pipeline.plan({**env, "build_dir": str(workspace)})
 
 
-def _topological(dag) -> list[str]:
-    """Step names in pipeline.yaml order, each after its upstream steps."""
-    names = list(dag)
-    done: list[str] = []
-    while len(done) < len(names):
-        ready = [n for n in names if n not in done and all(u in done for u in dag[n].upstream)]
-        if not ready:
-            raise ValueError(f"pipeline has a cycle among {sorted(set(names) - set(done))}")
-        done.append(ready[0])
-    return done
-
-
-def _key_params(task) -> dict[str, Any]:
+def _key_params(step: pipeline.Step) -> dict[str, Any]:
     """The params that decide a step's outputs: not the storage root, not the run id."""
-    params = task.params.to_json_serializable(params_only=True)
-    params = json.loads(json.dumps(params, default=str))
+    params = json.loads(json.dumps(step.params, default=str))
     params.get("run", {}).pop("root", None)
     params.get("config", {}).pop("run_id", None)
     return params
@@ -291,9 +278,10 @@ def execute(
     beat.start()
     pool = None
     try:
-        env, dag = _plan(record)
-        order = _topological(dag)
-        upstream_of = {name: list(dag[name].upstream) for name in order}
+        env, steps = _plan(record)
+        order = [step.name for step in steps]
+        planned = {step.name: step for step in steps}
+        upstream_of = {step.name: list(step.upstream) for step in steps}
         identity = {
             "market": record["market"],
             "period": record["period"],
@@ -311,12 +299,11 @@ def execute(
             ready = [s for s in pending if all(u in outputs for u in upstream_of[s])]
             for name in ready:
                 pending.remove(name)
-                task = dag[name]
                 inputs = _raw_inputs(root, record["market"]) if not upstream_of[name] else {}
                 keys[name] = cache.step_key(
                     name,
-                    Path(str(task.source.loc)).read_text(),
-                    _key_params(task),
+                    planned[name].source.read_text(),
+                    _key_params(planned[name]),
                     {u: keys[u] for u in upstream_of[name]},
                     inputs,
                 )

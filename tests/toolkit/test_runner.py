@@ -182,6 +182,29 @@ def test_reader_sees_a_run_finished_by_another_process(baseline):
     assert new not in before and after[new]["status"] == "succeeded"
 
 
+def test_a_fully_cached_run_never_imports_ploomber(baseline):
+    """Planning reads pipeline.yaml itself; Ploomber (seconds to import) only runs steps."""
+    root, first = baseline
+    script = (
+        "import sys\n"
+        "from toolkit.cli import main\n"
+        "main(['run'], standalone_mode=False)\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'ploomber')\n"
+        "print('ploomber modules:', loaded)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=toolkit_env(root),
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(f": reused from run {first}") == 5  # every step cached
+    assert "ploomber modules: []" in result.stdout, result.stdout[-3000:]
+
+
 def test_corrupt_manifest_reruns_the_step_and_corrupt_record_is_reported(baseline):
     root, run_id = baseline
     os.environ["TOOLKIT_ROOT"] = root
