@@ -27,7 +27,7 @@ FULL = {
     "sizes": (80, 800, 8000),
     "rounds": 3,
     "s3_size": 800,
-    "tweak_sizes": (80, 800),
+    "tweak_sizes": (80, 800, 8000),
     "parts": "pipeline,breakdown,app,dask",
 }
 # Quick: no S3 (one more full run) and no Dask (minutes on its own) to stay within minutes.

@@ -3,8 +3,9 @@
 Each import figure is a whole process (``python -c "import X"``), median of a few, so it
 includes the interpreter start (measured alone too). The notebook figures are measured
 inside one process with the engine already imported: executing a one-cell and a
-21-cell trivial notebook with papermill (a fresh Jupyter kernel per notebook, as each
-`toolkit run` step does) and with ploomber-engine (in-process, no kernel).
+21-cell trivial notebook with papermill's engine (a fresh Jupyter kernel per notebook),
+with toolkit's (`toolkit.kernels`: the run's kernel kept, reset before each notebook, as
+`toolkit run` does) and with ploomber-engine (in-process, no kernel).
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ IMPORTS = {
     ),
 }
 
+ENGINES = {
+    "papermill": "papermill's engine, a fresh kernel per notebook",
+    "toolkit-reuse": "toolkit run's engine, the run's kernel reset and reused",
+    "ploomber-engine": "in-process, no kernel",
+}
+
 _ENGINE_SCRIPT = r"""
 import json, statistics, sys, tempfile, time
 from pathlib import Path
@@ -52,6 +59,13 @@ if engine == "papermill":
     def execute(path):
         pm.execute_notebook(str(path), str(path.with_suffix(".out.ipynb")), kernel_name="python3",
                             progress_bar=False, log_output=False)
+elif engine == "toolkit-reuse":
+    import papermill as pm
+    from toolkit import kernels
+    def execute(path):
+        pm.execute_notebook(str(path), str(path.with_suffix(".out.ipynb")), kernel_name="python3",
+                            progress_bar=False, log_output=False,
+                            engine_name=kernels.register_engine(), kernel_key="bench")
 else:
     import ploomber_engine as pe
     def execute(path):
@@ -80,6 +94,7 @@ origin = pathlib.Path(importlib.util.find_spec("ploomber").origin).parent
 print(json.dumps({
     # A run renders the DAG with Ploomber before it looks anything up in the cache.
     "plan_imports_ploomber": "load_dag" in inspect.getsource(runner._plan),
+    "kernel_reused": "kernel" in inspect.getsource(runner.execute),
     "summary_imports_statsmodels": "statsmodels" in sys.modules
     and "forecasting" in inspect.getsource(runner.summary),
     "venv_has_bytecode": any(origin.rglob("*.pyc")),
@@ -117,7 +132,7 @@ def run(workdir: Path, repeats: int = 3, quick: bool = False) -> dict:
                     times[kind].append(sample)
         imports[label] = {kind: median(samples) for kind, samples in times.items()}
     engines = {}
-    for engine in ("papermill", "ploomber-engine"):
+    for engine in ENGINES:
         out = subprocess.run(  # noqa: S603
             [sys.executable, "-c", _ENGINE_SCRIPT, engine, str(max(repeats, 2))],
             cwd=PROJECT_DIR,
@@ -164,7 +179,7 @@ def summary_lines(data: dict) -> list[str]:
         ]
         lines.append(f"| `import` {label} | {cells[0]} | {cells[1]} |")
     for engine, costs in data["engines"].items():
-        how = "fresh kernel per notebook" if engine == "papermill" else "in-process, no kernel"
+        how = ENGINES.get(engine, "")
         lines.append(f"| {engine} ({how}): one trivial notebook | {costs['notebook']:.2f} | |")
         lines.append(f"| {engine}: each further trivial cell | {costs['per_cell']:.3f} | |")
     lines.append("")

@@ -183,6 +183,11 @@ class ExecutionConfig(_Section):
     retries: int = Field(
         2, ge=0, le=10, description="Retries of a step whose worker failed or vanished."
     )
+    kernel: Literal["reuse", "fresh"] = Field(
+        "reuse",
+        description="reuse: one Jupyter kernel per run, reset before each step (no "
+        "re-imports); fresh: a new kernel for every step.",
+    )
 
 
 class ToolkitConfig(_Section):

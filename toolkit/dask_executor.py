@@ -326,6 +326,14 @@ class DaskExecutor:
         """
         self.stop.set()
 
+    def release(self, run_id: str) -> None:
+        """The run is over: kill the kernels its steps left idle on the workers."""
+        from toolkit.executors import release_kernels
+
+        # A lost scheduler or worker took its kernels with it.
+        with contextlib.suppress(Exception):
+            self.client.run(release_kernels, run_id, wait=True)
+
     def close(self) -> None:
         """Cancel this executor's unfinished tasks; close the client and cluster it started."""
         with self._lock:

@@ -16,7 +16,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SerialExecutor", "crash_point", "execute_step", "make_executor"]
+__all__ = [
+    "SerialExecutor",
+    "crash_point",
+    "execute_step",
+    "make_executor",
+    "release_kernels",
+]
 
 
 def crash_point(name: str) -> None:
@@ -41,21 +47,31 @@ def execute_step(request: dict[str, Any]) -> dict[str, Any]:
 
     Args:
         request: ``root``, ``run_id``, ``step``, ``env`` (Ploomber env values), ``key``,
-            ``attempt``, ``timeout``, ``identity`` and ``upstream`` (step -> product ->
-            URL of the published upstream outputs).
+            ``attempt``, ``timeout``, ``identity``, ``upstream`` (step -> product ->
+            URL of the published upstream outputs), ``kernel`` ("reuse": the run's
+            kernel, kept between its steps in this process, see ``toolkit.kernels``;
+            "fresh": a new kernel) and ``source`` (the notebook, relative to the project,
+            whose imports a prestarted kernel loads ahead).
 
     Returns:
         ``status`` ("succeeded" or "failed") with ``outputs``/``url`` or ``error``,
         ``report`` (contract failures) and ``debug`` (URLs of the partial notebook and
         reports kept under the run).
     """
+    os.environ["TOOLKIT_ROOT"] = request["root"]  # the worker writes where the run lives
+    step = request["step"]
+    reuse_kernel = request.get("kernel", "reuse") == "reuse"
+    if reuse_kernel and request.get("source"):
+        from toolkit import kernels, pipeline
+
+        # Boots on the other core while this process imports Ploomber and fetches inputs.
+        kernels.prestart(request["run_id"], pipeline.PROJECT_DIR / request["source"])
+    _skip_slow_optional_imports()
     from ploomber.constants import TaskStatus
     from ploomber.products import File
 
     from toolkit import cache, pipeline, runs, storage
 
-    os.environ["TOOLKIT_ROOT"] = request["root"]  # the worker writes where the run lives
-    step = request["step"]
     workspace = Path(tempfile.mkdtemp(prefix=f"toolkit-{step}-"))
     started = runs.now()
     try:
@@ -69,6 +85,11 @@ def execute_step(request: dict[str, Any]) -> dict[str, Any]:
         task = dag[step]
         # papermill has no execution timeout by default: a hung cell must fail the step.
         task.executor_params["execution_timeout"] = int(request["timeout"])
+        if reuse_kernel:
+            from toolkit import kernels
+
+            task.executor_params["engine_name"] = kernels.register_engine()
+            task.executor_params["kernel_key"] = request["run_id"]
         dag.render(force=True, show_progress=False)
         for upstream_task in task.upstream.values():
             # Their products were fetched from storage above; Ploomber must not rebuild them.
@@ -109,6 +130,19 @@ def execute_step(request: dict[str, Any]) -> dict[str, Any]:
         }
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _skip_slow_optional_imports() -> None:
+    """Keep ``rfc3987_syntax`` from loading in a process that executes steps.
+
+    jsonschema (under nbformat, under papermill and Ploomber) imports it when installed,
+    only to check the "iri" string format, and it compiles 38 grammars as it loads: over a
+    second per process. Nothing here checks that format; jsonschema treats the module as
+    absent, which it supports. Imports made in the kernel are not affected.
+    """
+    import sys
+
+    sys.modules.setdefault("rfc3987_syntax", None)
 
 
 def _failure(request, task, exc, started) -> dict[str, Any]:
@@ -182,8 +216,21 @@ class SerialExecutor:
         done = [f for f in futures if f.done()]
         return done, [f for f in futures if not f.done()]
 
+    def release(self, run_id: str) -> None:
+        """The run is over: its kernel, kept in this process, is not needed any more."""
+        release_kernels(run_id)
+
     def close(self) -> None:
         pass
+
+
+def release_kernels(run_id: str) -> None:
+    """Kill the kernels this process kept for a finished run (see ``toolkit.kernels``)."""
+    import sys
+
+    kernels = sys.modules.get("toolkit.kernels")  # never imported: no kernel was kept
+    if kernels is not None:
+        kernels.shutdown(run_id)
 
 
 def make_executor(name: str = "serial", **options):

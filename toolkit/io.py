@@ -11,13 +11,15 @@ import io as _io
 import json
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import pandera.pandas as pa
 import pyarrow.parquet as pq
 
 from toolkit import storage
+
+if TYPE_CHECKING:
+    import pandera.pandas as pa
 
 __all__ = ["ContractError", "ValidationReport", "read", "validate", "write", "write_json"]
 
@@ -68,6 +70,8 @@ class ContractError(ValueError):
 
 
 def _schema_of(contract) -> tuple[str, pa.DataFrameSchema]:
+    import pandera.pandas as pa  # a second: only once a frame is checked
+
     if isinstance(contract, pa.DataFrameSchema):
         return contract.name or "Plan", contract
     return contract.__name__, contract.to_schema()
@@ -144,9 +148,11 @@ def validate(
     name, schema = _schema_of(contract)
     if not df.index.is_unique:  # contracts are about rows, never about the index
         df = df.reset_index(drop=True)
+    from pandera.errors import SchemaErrors
+
     try:
         return schema.validate(df, lazy=True)
-    except pa.errors.SchemaErrors as exc:
+    except SchemaErrors as exc:
         report = _summarise(exc, schema, name, url, stage, len(df))
     report_url = None
     if report_dir:
@@ -158,12 +164,18 @@ def validate(
 
 def read(url: str, contract, *, report_dir: str | None = None) -> pd.DataFrame:
     """Read a Parquet table and check it against its contract."""
+    df = read_unchecked(url)
+    return validate(df, contract, url=str(url), stage="read", report_dir=report_dir)
+
+
+def read_unchecked(url: str) -> pd.DataFrame:
+    """Read a Parquet table without checking it: only to show a step's published output,
+    which passed its contract when ``write`` wrote it. Steps read with ``read``."""
     try:
         with storage.open_url(str(url), "rb") as fh:
-            df = pq.read_table(fh).to_pandas()
+            return pq.read_table(fh).to_pandas()
     except FileNotFoundError:
         raise FileNotFoundError(f"no table at {url}") from None
-    return validate(df, contract, url=str(url), stage="read", report_dir=report_dir)
 
 
 def write(df: pd.DataFrame, url: str, contract) -> pd.DataFrame:

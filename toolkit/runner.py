@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _thread
 import json
+import os
 import socket
 import tempfile
 import threading
@@ -349,6 +350,9 @@ def execute(
                     "key": keys[name],
                     "attempt": attempt,
                     "timeout": timeout,
+                    "kernel": record["config"]["execution"].get("kernel", "reuse"),
+                    # Relative: a worker finds the notebook in its own copy of the project.
+                    "source": os.path.relpath(planned[name].source, config_mod.PROJECT_DIR),
                     "identity": identity,
                     "upstream": {u: outputs[u] for u in upstream_of[name]},
                 }
@@ -417,6 +421,7 @@ def execute(
     finally:
         beat.stop()
         if pool is not None:
+            pool.release(record["id"])
             pool.close()
 
 
@@ -435,8 +440,6 @@ def _seconds(start: str | None, end: str | None) -> float:
 
 
 def _pid() -> int:
-    import os
-
     return os.getpid()
 
 
@@ -484,12 +487,14 @@ def summary(record: dict[str, Any], top: int = 10) -> str:
     """Top recommended changes, forecast error vs seasonal naive, where outputs are."""
     import pandas as pd
 
-    from toolkit import forecasting, io, schemas
+    from toolkit import forecasting, io
 
     steps = record["steps"]
-    plan = io.read(steps["optimize"]["outputs"]["data"], schemas.Plan)
+    # Published outputs passed their contracts when written; re-checking them only to
+    # print a summary would import pandera (a second or two) into every run.
+    plan = io.read_unchecked(steps["optimize"]["outputs"]["data"])
     kpis = json.loads(storage.read_bytes(steps["optimize"]["outputs"]["kpis"]))
-    accuracy = io.read(steps["forecast"]["outputs"]["accuracy"], schemas.ForecastAccuracy)
+    accuracy = io.read_unchecked(steps["forecast"]["outputs"]["accuracy"])
     backtest = forecasting.summarize_backtest(accuracy)
     changes = plan[plan["changed"]].head(top)
     lines = [

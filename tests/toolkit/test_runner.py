@@ -173,6 +173,34 @@ def test_concurrent_runs_equal_serial_runs(s3_env):
     assert owners <= set(ids + [serial])
 
 
+def test_a_reused_kernel_gives_what_fresh_kernels_give_and_outlives_no_run(baseline):
+    import psutil
+
+    root, reused_run = baseline
+    env = toolkit_env(root)
+    fresh_run = run_id_from(
+        toolkit(["run", "--force", "--patch", "execution.kernel=fresh"], env).stdout
+    )
+    reused, fresh = record_of(root, reused_run), record_of(root, fresh_run)
+    assert reused["config"]["execution"]["kernel"] == "reuse"
+    pd.testing.assert_frame_equal(plan_of(reused), plan_of(fresh))
+    pd.testing.assert_frame_equal(export_of(reused), export_of(fresh))
+    for name, step in reused["steps"].items():
+        cells = json.loads(storage.read_bytes(step["outputs"]["nb"]))["cells"]
+        counts = [c["execution_count"] for c in cells if c["cell_type"] == "code"]
+        assert counts == list(range(1, len(counts) + 1)), f"{name} did not start afresh"
+
+    def kernel_of_this_root(process):
+        try:
+            return "ipykernel" in " ".join(process.cmdline()) and (
+                process.environ().get("TOOLKIT_ROOT") == root
+            )
+        except psutil.Error:
+            return False
+
+    assert not [p.pid for p in psutil.process_iter() if kernel_of_this_root(p)]
+
+
 def test_reader_sees_a_run_finished_by_another_process(baseline):
     root, _ = baseline
     os.environ["TOOLKIT_ROOT"] = root

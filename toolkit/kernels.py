@@ -1,0 +1,338 @@
+"""One Jupyter kernel per run, reused from step to step: a papermill engine.
+
+papermill starts a fresh kernel for every notebook, and every kernel then imports pandas,
+pyarrow, pandera and statsmodels again: seconds per step that running the same code by
+hand never pays. This engine keeps a run's kernel alive between its steps and, before
+each further notebook, resets what a fresh kernel would not have: the user namespace
+(IPython's ``reset``, so execution counts restart at 1), the working directory and the
+environment variables, which are made equal to the launcher's at that moment. Imported
+modules stay imported; that is the saving. The executed notebook is written as before
+and stays the record of the step.
+
+Isolation rules, so that sharing a kernel cannot change a result:
+
+* a kernel serves one run (its ``kernel_key``) and one thread; it is never shared between
+  runs, so one run's module state cannot reach another run;
+* after a notebook that did not finish cleanly (a cell error, a timeout, a dead kernel,
+  an interrupt or cancel) the kernel is killed, not reused: whatever the failure left
+  behind (a hung cell, a half-set global) dies with it;
+* at most ``MAX_IDLE`` idle kernels are kept per process (oldest killed first), and
+  ``shutdown(key)`` kills a run's kernels when the run ends.
+
+``execution.kernel: fresh`` in the config turns reuse off: papermill's own engine, one
+kernel per notebook.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jupyter_core.utils import run_sync
+
+__all__ = [
+    "ENGINE_NAME",
+    "MAX_IDLE",
+    "idle_kernels",
+    "imported_modules",
+    "prestart",
+    "register_engine",
+    "shutdown",
+]
+
+ENGINE_NAME = "toolkit-reuse"
+MAX_IDLE = 2
+WARM_UP_TIMEOUT = 300  # seconds for a prestarted kernel to boot and import its modules
+
+
+@dataclass(eq=False)
+class _Kernel:
+    key: str
+    kernel_name: str
+    thread: int
+    manager: object  # jupyter_client AsyncKernelManager, started by nbclient on first use
+    env_at_start: dict[str, str] = field(default_factory=dict)
+    notebooks: int = 0
+    warm_up: tuple | None = None  # (client, msg id) of a prestart's imports, until done
+
+    def finish_warm_up(self) -> bool:
+        """Wait for the prestart's imports; False if the kernel never answered."""
+        if self.warm_up is None:
+            return True
+        client, msg_id = self.warm_up
+        self.warm_up = None
+        deadline = time.monotonic() + WARM_UP_TIMEOUT
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                reply = run_sync(client.get_shell_msg)(timeout=left)
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    return True
+            return False
+        except Exception:  # noqa: BLE001 - queue.Empty on timeout, or a dead kernel
+            return False
+        finally:
+            client.stop_channels()
+
+    def alive(self) -> bool:
+        process = getattr(getattr(self.manager, "provisioner", None), "process", None)
+        return process is not None and process.poll() is None
+
+    def kill(self) -> None:
+        """Kill the kernel process and remove its connection file, from any thread.
+
+        No event loop is involved (the manager's async API is bound to the loop of the
+        thread that started it), so this also works at interpreter exit.
+        """
+        process = getattr(getattr(self.manager, "provisioner", None), "process", None)
+        if process is not None and process.poll() is None:
+            process.kill()
+            with contextlib.suppress(Exception):  # a zombie is reaped at exit
+                process.wait(timeout=10)
+        with contextlib.suppress(Exception):  # best effort: the file is in a temp folder
+            self.manager.cleanup_connection_file()
+
+
+class _Pool:
+    def __init__(self, max_idle: int = MAX_IDLE):
+        self.max_idle = max_idle
+        self._idle: list[_Kernel] = []
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str, kernel_name: str, new_manager) -> _Kernel:
+        thread = threading.get_ident()
+        with self._lock:
+            for kernel in self._idle:
+                if (kernel.key, kernel.kernel_name, kernel.thread) == (key, kernel_name, thread):
+                    self._idle.remove(kernel)
+                    break
+            else:
+                kernel = None
+        if kernel is not None and kernel.finish_warm_up() and kernel.alive():
+            return kernel
+        if kernel is not None:
+            kernel.kill()
+        return _Kernel(key, kernel_name, thread, new_manager(), dict(os.environ))
+
+    def has(self, key: str, kernel_name: str) -> bool:
+        thread = threading.get_ident()
+        with self._lock:
+            return any(
+                (k.key, k.kernel_name, k.thread) == (key, kernel_name, thread) for k in self._idle
+            )
+
+    def release(self, kernel: _Kernel, reusable: bool) -> None:
+        if not (reusable and kernel.alive()):
+            kernel.kill()
+            return
+        with self._lock:
+            self._idle.append(kernel)
+            surplus = self._idle[: max(0, len(self._idle) - self.max_idle)]
+            del self._idle[: len(surplus)]
+        for old in surplus:
+            old.kill()
+
+    def shutdown(self, key: str | None = None) -> None:
+        with self._lock:
+            doomed = [k for k in self._idle if key is None or k.key == key]
+            self._idle = [k for k in self._idle if k not in doomed]
+        for kernel in doomed:
+            kernel.kill()
+
+    def idle(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return [(k.key, k.notebooks) for k in self._idle]
+
+
+_POOL = _Pool()
+atexit.register(_POOL.shutdown)
+
+
+def shutdown(key: str | None = None) -> None:
+    """Kill the idle kernels of run ``key`` (all runs if ``None``) in this process."""
+    _POOL.shutdown(key)
+
+
+def idle_kernels() -> list[tuple[str, int]]:
+    """(run key, notebooks executed) of each idle kernel kept in this process."""
+    return _POOL.idle()
+
+
+def prestart(key: str, source: str | Path, kernel_name: str = "python3") -> None:
+    """Start run ``key``'s kernel now and have it import what notebook ``source`` imports.
+
+    Returns at once, unless this thread keeps a kernel for ``key`` already (then it does
+    nothing): the kernel boots and imports on another core while the launcher goes on
+    (importing Ploomber, fetching upstream products, rendering the notebook). The imports
+    bind no names, and the namespace is reset before the notebook runs anyway.
+    """
+    if _POOL.has(key, kernel_name):
+        return
+    manager = _new_manager(kernel_name)
+    kernel = _Kernel(key, kernel_name, threading.get_ident(), manager, dict(os.environ))
+    run_sync(manager.start_kernel)()
+    client = manager.client()
+    client.start_channels()
+    # Sent now, queued by ZeroMQ until the kernel listens.
+    msg_id = client.execute(
+        _warm_up_code(imported_modules(Path(source).read_text(encoding="utf-8"))),
+        silent=True,
+        store_history=False,
+        allow_stdin=False,
+    )
+    kernel.warm_up = (client, msg_id)
+    _POOL.release(kernel, reusable=True)
+
+
+def imported_modules(source: str) -> list[str]:
+    """Modules a notebook's code may import: ``import a.b`` gives ``a.b``; ``from c import
+    d, e`` gives ``c``, ``c.d`` and ``c.e`` (``d`` and ``e`` may be submodules)."""
+    modules: list[str] = []
+    for match in _IMPORT.finditer(source):
+        package, names = match.group("package"), match.group("names")
+        if package:
+            candidates = [package] + [f"{package}.{n}" for n in _names(match.group("members"))]
+        else:
+            candidates = _names(names)
+        for module in candidates:
+            if not module.startswith(".") and module not in modules:
+                modules.append(module)
+    return modules
+
+
+_IMPORT = re.compile(
+    r"^[ \t]*(?:from[ \t]+(?P<package>[\w.]+)[ \t]+import[ \t]+\(?(?P<members>[\w, \t]+)"
+    r"|import[ \t]+(?P<names>[\w., \t]+))",
+    re.M,
+)
+
+
+def _names(text: str) -> list[str]:
+    return [n.split(" as ")[0].strip() for n in text.split(",") if n.split(" as ")[0].strip()]
+
+
+def _warm_up_code(modules: list[str]) -> str:
+    # A failing import is left for the notebook to report, in its own cell.
+    return "\n".join(
+        [
+            f"for _toolkit_module in {modules!r}:",
+            "    try:",
+            "        __import__(_toolkit_module)",
+            "    except Exception:",
+            "        pass",
+            "del _toolkit_module",
+        ]
+    )
+
+
+def _new_manager(kernel_name: str):
+    from jupyter_client import AsyncKernelManager
+
+    return AsyncKernelManager(kernel_name=kernel_name)
+
+
+def _reset_code(env_at_start: dict[str, str]) -> str:
+    """Code that makes a used kernel look like a fresh one started now."""
+    env = dict(os.environ)
+    gone = sorted(set(env_at_start) - set(env))
+    return "\n".join(
+        [
+            "import os as _os",
+            f"_os.chdir({os.getcwd()!r})",
+            f"for _name in {gone!r}:",
+            "    _os.environ.pop(_name, None)",
+            f"_os.environ.update({json.dumps(env)})",
+            "get_ipython().reset(new_session=True)",
+            "__import__('gc').collect()",
+        ]
+    )
+
+
+@functools.cache
+def register_engine() -> str:
+    """Register the engine with papermill (importing papermill: a second) and name it.
+
+    Kept out of import time so that ``prestart`` can launch the kernel first.
+    """
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, papermill_engines
+    from papermill.log import logger
+    from papermill.utils import merge_kwargs, remove_args
+
+    class _ResettingClient(PapermillNotebookClient):
+        """Runs the reset code, silently and outside the notebook, before the first cell."""
+
+        def __init__(self, nb_man, reset_code: str | None = None, **kwargs):
+            super().__init__(nb_man, **kwargs)
+            self.reset_code = reset_code
+
+        def papermill_execute_cells(self):
+            if self.reset_code:
+                msg_id = self.kc.execute(
+                    self.reset_code, silent=True, store_history=False, allow_stdin=False
+                )
+                reply = self.wait_for_reply(msg_id)
+                content = (reply or {}).get("content", {})
+                if content.get("status") != "ok":
+                    raise RuntimeError(
+                        "could not reset the reused kernel before this notebook: "
+                        f"{content.get('ename')}: {content.get('evalue')}"
+                    )
+            super().papermill_execute_cells()
+
+    class ReusedKernelEngine(NBClientEngine):
+        """papermill's nbclient engine, with the kernel kept per ``kernel_key`` (the run id)."""
+
+        @classmethod
+        def execute_managed_notebook(
+            cls,
+            nb_man,
+            kernel_name,
+            log_output=False,
+            stdout_file=None,
+            stderr_file=None,
+            start_timeout=60,
+            execution_timeout=None,
+            kernel_key="",
+            **kwargs,
+        ):
+            # The same argument handling as NBClientEngine.execute_managed_notebook.
+            kwargs = remove_args(["input_path"], **kwargs)
+            safe_kwargs = remove_args(["timeout", "startup_timeout"], **kwargs)
+            final_kwargs = merge_kwargs(
+                safe_kwargs,
+                timeout=execution_timeout if execution_timeout else kwargs.get("timeout"),
+                startup_timeout=start_timeout,
+                kernel_name=kernel_name,
+                log=logger,
+                log_output=log_output,
+                stdout_file=stdout_file,
+                stderr_file=stderr_file,
+            )
+            kernel = _POOL.acquire(str(kernel_key), kernel_name, lambda: _new_manager(kernel_name))
+            # A kernel started before this notebook (by an earlier one, or a prestart) is reset.
+            reset_code = _reset_code(kernel.env_at_start) if kernel.manager.has_kernel else None
+            client = _ResettingClient(
+                nb_man, km=kernel.manager, reset_code=reset_code, **final_kwargs
+            )
+            clean = False
+            try:
+                nb = client.execute()
+                clean = not nb.metadata.get("papermill", {}).get("exception")
+                return nb
+            finally:
+                kernel.notebooks += 1
+                if client.kc is not None:
+                    with contextlib.suppress(Exception):  # the kernel may be gone already
+                        client.kc.stop_channels()
+                _POOL.release(kernel, reusable=clean)
+
+    papermill_engines.register(ENGINE_NAME, ReusedKernelEngine)
+    return ENGINE_NAME
