@@ -96,7 +96,7 @@ def run_command(patches, configs, force, run_id, executor, workers, scheduler) -
     except runner.RunFailed as exc:
         click.echo(f"\n{exc}", err=True)
         sys.exit(1)
-    except storage_errors() as exc:
+    except (*storage_errors(), *_dask_errors()) as exc:  # evaluated only on an error
         click.echo(f"run failed: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -199,6 +199,7 @@ class DaskExecutor:
         self.cluster = None
         self._tmp: str | None = None
         self._fingerprint: str | None = None
+        self.home: str | None = None  # the worker that ran this run's last step
         if shared is not None:
             self.client, self.retries, self._slots = shared.client, shared.retries, shared._slots
             self.address, self._owner = shared.address, False
@@ -274,6 +275,7 @@ class DaskExecutor:
         self._check_stop_releasing()
         if self._fingerprint is not None:
             fn, args = _run_checked, (self._fingerprint, fn, *args)
+        home = self._idle_home()
         try:
             future = self.client.submit(
                 fn,
@@ -281,6 +283,8 @@ class DaskExecutor:
                 key=f"{label.replace(' ', '-')}-{uuid.uuid4().hex[:12]}",
                 pure=False,
                 retries=self.retries,
+                workers=home,
+                allow_other_workers=home is not None,
             )
         except BaseException:
             if self._slots is not None:
@@ -316,8 +320,39 @@ class DaskExecutor:
                 continue
             except FuturesCancelledError:
                 pass  # a cancelled task is done; its result() says why
-            done = [f for f in futures if f.done()]
-            return done, [f for f in futures if not f.done()]
+            # One snapshot: a future finishing between two looks would be in neither list.
+            finished = {f: f.done() for f in futures}
+            done = [f for f in futures if finished[f]]
+            self._note_home(done)
+            return done, [f for f in futures if not finished[f]]
+
+    def _idle_home(self) -> list[str] | None:
+        """The worker that ran this run's last step, if it is idle now; else None (any).
+
+        That worker keeps the run's Jupyter kernel, its libraries imported
+        (``toolkit.kernels``): a step sent there skips a kernel start. A busy home is not
+        waited for: the task would queue there while another worker idles.
+        """
+        if self.home is None:
+            return None
+        try:
+            tasks = self.client.processing(workers=[self.home])
+        except Exception:  # noqa: BLE001 - a hint only: without it any worker will do
+            return None
+        if self.home not in tasks or tasks[self.home]:  # gone, or busy
+            return None
+        return [self.home]
+
+    def _note_home(self, done: list[StepFuture]) -> None:
+        finished = [f.dask_future for f in done if f.dask_future.status == "finished"]
+        if not finished:
+            return
+        try:
+            holders = self.client.who_has(finished[-1])
+        except Exception:  # noqa: BLE001 - a hint only
+            return
+        where = holders.get(finished[-1].key) or ()
+        self.home = next(iter(where), self.home)
 
     def interrupt(self) -> None:
         """Stop the run using this executor: its next submit or wait raises KeyboardInterrupt.

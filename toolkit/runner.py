@@ -289,7 +289,6 @@ def execute(
             "category": record["category"],
         }
         timeout = int(record["config"]["execution"]["step_timeout_seconds"])
-        pool = executors.make_executor(executor, **(executor_options or {}))
         keys: dict[str, str] = {}
         outputs: dict[str, dict[str, str]] = {}
         pending = list(order)
@@ -356,8 +355,10 @@ def execute(
                     "identity": identity,
                     "upstream": {u: outputs[u] for u in upstream_of[name]},
                 }
+                if pool is None:  # not before a step needs it: a cached run needs no cluster
+                    pool = executors.make_executor(executor, **(executor_options or {}))
                 running[pool.submit(executors.execute_step, request)] = name
-            done, _ = pool.wait_any(list(running))
+            done, _ = pool.wait_any(list(running)) if running else ([], [])
             for future in done:
                 name = running.pop(future)
                 result = _result_of(future)

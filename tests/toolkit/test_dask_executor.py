@@ -162,6 +162,35 @@ def test_local_cluster_is_private_and_a_lost_worker_is_retried(tmp_path):
     assert not Path(base).exists()  # close() removed the cluster's folder
 
 
+def test_a_runs_next_step_goes_to_its_idle_worker_and_never_waits_for_a_busy_one():
+    def where(request):
+        from distributed import get_worker
+
+        time.sleep(request.get("sleep", 0))
+        return get_worker().address
+
+    with DaskExecutor(workers=2, retries=0) as executor:
+        first = wait_all(executor, [executor.submit(where, {"step": "load_transform"})])
+        home = first[0].result()
+        assert executor.home == home
+        # The worker holding the run's kernel takes its next steps while it is idle.
+        for step in ("identify_underperformers", "forecast", "optimize"):
+            done = wait_all(executor, [executor.submit(where, {"step": step})])
+            assert done[0].result() == home, step
+
+        # Another run's long step occupies that worker: the next step goes elsewhere.
+        other = DaskExecutor(shared=executor)
+        other.home = home
+        blocker = other.submit(where, {"step": "forecast", "sleep": 5})
+        deadline = time.monotonic() + 60
+        while not executor.client.processing(workers=[home]).get(home):
+            assert time.monotonic() < deadline, "the other run's step never started"
+            time.sleep(0.1)
+        moved = wait_all(executor, [executor.submit(where, {"step": "format_output"})])
+        assert moved[0].result() != home
+        assert wait_all(other, [blocker])[0].result() == home
+
+
 def test_lost_worker_without_retries_fails_readably_and_spares_other_steps():
     def work(request):
         if request["step"] == "forecast":

@@ -173,11 +173,16 @@ def test_concurrent_runs_equal_serial_runs(s3_env):
     assert owners <= set(ids + [serial])
 
 
-def test_a_reused_kernel_gives_what_fresh_kernels_give_and_outlives_no_run(baseline):
+def test_a_reused_kernel_gives_what_fresh_kernels_give_and_outlives_no_run(s3_env):
     import psutil
 
-    root, reused_run = baseline
+    # Its own store: a second execution of the same keys would change what later tests
+    # of the baseline's cache find.
+    root = new_bucket(s3_env, "runs-kernels")
+    os.environ["TOOLKIT_ROOT"] = root
+    demo_data.write(["US"], n_products=30, root=root)
     env = toolkit_env(root)
+    reused_run = run_id_from(toolkit(["run"], env).stdout)
     fresh_run = run_id_from(
         toolkit(["run", "--force", "--patch", "execution.kernel=fresh"], env).stdout
     )
