@@ -373,9 +373,11 @@ def _run_serially(context: _Context) -> None:
 def _run_on_dask(context: _Context, options: dict[str, Any]) -> None:
     """Every combination's run loop in a thread, all on one Dask cluster.
 
-    Threads pull combinations from a queue, at most twice as many runs at once as the
-    cluster has threads: more would only queue their steps on the scheduler while their
-    records say running.
+    Threads pull combinations from a queue, as many runs at once as the cluster has
+    threads: each run's next step then finds idle the worker that ran its last one, which
+    keeps the run's Jupyter kernel (``toolkit.kernels``). More runs would only queue their
+    steps on the scheduler while their records say running, and spread every run over
+    every worker, starting a kernel for it on each.
     """
     from toolkit.dask_executor import DaskExecutor
 
@@ -411,7 +413,7 @@ def _one_ast_parse_at_a_time():
 
 def _drive_threads(context: _Context, shared) -> None:
     """Run loops in threads over ``shared``; Ctrl-C and cancels routed to the right run."""
-    slots = max(2, 2 * sum(shared.client.nthreads().values()))
+    slots = max(1, sum(shared.client.nthreads().values()))
     todo: queue.Queue[_Combination] = queue.Queue()
     for combination in context.manifest.combinations:
         todo.put(combination)
