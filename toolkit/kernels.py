@@ -30,6 +30,7 @@ import contextlib
 import functools
 import json
 import os
+import queue
 import re
 import threading
 import time
@@ -71,12 +72,14 @@ class _Kernel:
         self.warm_up = None
         deadline = time.monotonic() + WARM_UP_TIMEOUT
         try:
-            while (left := deadline - time.monotonic()) > 0:
-                reply = run_sync(client.get_shell_msg)(timeout=left)
+            # In short waits, so that a kernel dying as it boots is noticed at once.
+            while time.monotonic() < deadline and self.alive():
+                try:
+                    reply = run_sync(client.get_shell_msg)(timeout=1)
+                except queue.Empty:
+                    continue
                 if reply["parent_header"].get("msg_id") == msg_id:
                     return True
-            return False
-        except Exception:  # noqa: BLE001 - queue.Empty on timeout, or a dead kernel
             return False
         finally:
             client.stop_channels()
@@ -91,6 +94,10 @@ class _Kernel:
         No event loop is involved (the manager's async API is bound to the loop of the
         thread that started it), so this also works at interpreter exit.
         """
+        if self.warm_up is not None:  # killed before it was used
+            with contextlib.suppress(Exception):
+                self.warm_up[0].stop_channels()
+            self.warm_up = None
         process = getattr(getattr(self.manager, "provisioner", None), "process", None)
         if process is not None and process.poll() is None:
             process.kill()
@@ -177,16 +184,18 @@ def prestart(key: str, source: str | Path, kernel_name: str = "python3") -> None
         return
     manager = _new_manager(kernel_name)
     kernel = _Kernel(key, kernel_name, threading.get_ident(), manager, dict(os.environ))
-    run_sync(manager.start_kernel)()
-    client = manager.client()
-    client.start_channels()
-    # Sent now, queued by ZeroMQ until the kernel listens.
-    msg_id = client.execute(
-        _warm_up_code(imported_modules(Path(source).read_text(encoding="utf-8"))),
-        silent=True,
-        store_history=False,
-        allow_stdin=False,
-    )
+    try:
+        modules = imported_modules(Path(source).read_text(encoding="utf-8"))
+        run_sync(manager.start_kernel)()
+        client = manager.client()
+        client.start_channels()
+        # Sent now, queued by ZeroMQ until the kernel listens.
+        msg_id = client.execute(
+            _warm_up_code(modules), silent=True, store_history=False, allow_stdin=False
+        )
+    except Exception:  # noqa: BLE001 - only a head start: the engine starts a kernel itself
+        kernel.kill()  # and reports what is wrong (a missing kernel spec, say) in the step
+        return
     kernel.warm_up = (client, msg_id)
     _POOL.release(kernel, reusable=True)
 

@@ -211,3 +211,12 @@ CONTRACTS: dict[str, type[_Contract]] = {
         Export,
     )
 }
+
+# Build every contract's schema at import. The first build makes pandera resolve the
+# annotations against each installed backend, importing dask.dataframe when the `scale`
+# extra is there (most of a second). Paid here, it falls into a prestarted kernel's
+# warm-up (`toolkit.kernels`), in parallel with the launcher, instead of into the first
+# step that checks a frame; later builds are cached by pandera.
+for _model in CONTRACTS.values():
+    _model.to_schema()
+del _model

@@ -154,3 +154,9 @@ def test_imported_modules_reads_import_lines_only():
         "from d.e import (f,\n    g)\ntext = 'import z'  # import y\n    import h.i\n"
     )
     assert kernels.imported_modules(source) == ["a", "b", "d.e", "d.e.f", "h.i"]
+
+
+def test_a_prestart_that_cannot_start_leaves_the_kernel_to_the_engine(tmp_path):
+    kernels.prestart("run-1", tmp_path / "no-such-notebook.py")
+    assert kernels.idle_kernels() == []
+    assert _text(_run(tmp_path, "a", "print(6 * 7)")).strip() == "42"
