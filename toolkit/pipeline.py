@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -435,19 +436,25 @@ def _rendered(template: str, values: dict, where: str) -> str:
     return _PLACEHOLDER.sub(value_of, template)
 
 
+# The working directory is the process's: run loops planning in threads (a backfill) take
+# turns, so each puts back the directory it found.
+_PROJECT_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _in_project(project_dir: Path) -> Iterator[None]:
     """Import and call dotted paths as Ploomber's ``to_dag`` does: the project folder first
     on ``sys.path`` and as the working directory."""
-    before = os.getcwd()
-    path = os.path.abspath(project_dir)
-    sys.path.insert(0, path)
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        sys.path.remove(path)
-        os.chdir(before)
+    with _PROJECT_LOCK:
+        before = os.getcwd()
+        path = os.path.abspath(project_dir)
+        sys.path.insert(0, path)
+        os.chdir(path)
+        try:
+            yield
+        finally:
+            sys.path.remove(path)
+            os.chdir(before)
 
 
 def _callable(dotted: Any, where: str):
