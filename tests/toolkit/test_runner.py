@@ -308,8 +308,12 @@ def resume_and_check(root, run_id, env):
     return record
 
 
-def test_sigkill_mid_step_then_resume(local_store):
-    env = toolkit_env(local_store)
+def test_sigkill_mid_step_then_resume(local_store, tmp_path):
+    # The step's workspace lands in a folder of ours, where papermill writes the executed
+    # notebook as soon as its first cell starts: the sign that the notebook is running.
+    workspaces = tmp_path / "tmp"
+    workspaces.mkdir()
+    env = toolkit_env(local_store, TMPDIR=str(workspaces))
     proc = subprocess.Popen(
         TOOLKIT + ["run", "--patch", "forecast.horizon=9"],
         env=env,
@@ -321,12 +325,10 @@ def test_sigkill_mid_step_then_resume(local_store):
     )
     run_id = run_id_from(proc.stdout.readline() + "\n")
 
-    def forecasting():
-        steps = record_of(local_store, run_id).get("steps", {})
-        return steps.get("forecast", {}).get("status") == "running"
+    def in_forecast_notebook():
+        return list(workspaces.glob("toolkit-forecast-*/**/forecast.ipynb"))
 
-    wait_for(forecasting)
-    time.sleep(2)  # inside the notebook
+    wait_for(in_forecast_notebook, every=0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel, like a lost machine
     proc.wait()
     assert record_of(local_store, run_id)["stored_status"] == "running"
