@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import sys
 
@@ -25,6 +27,10 @@ def _resolve_or_exit(configs, patches) -> config_mod.ResolvedConfig:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Run notebook pipelines with layered config, data contracts and storage by URL."""
+    # Registered first, so it runs last: the interpreter's final garbage collection then
+    # skips the objects alive now and later (pandas, Jupyter, Ploomber modules), which
+    # took 0.7 s of every command's exit. Memory goes back to the system with the process.
+    atexit.register(gc.freeze)
 
 
 @main.group()

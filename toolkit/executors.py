@@ -9,6 +9,7 @@ that shares nothing with the launcher but the storage root.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import os
 import shutil
 import tempfile
@@ -23,6 +24,8 @@ __all__ = [
     "make_executor",
     "release_kernels",
 ]
+
+_log = logging.getLogger(__name__)
 
 
 def crash_point(name: str) -> None:
@@ -64,49 +67,42 @@ def execute_step(request: dict[str, Any]) -> dict[str, Any]:
     if reuse_kernel and request.get("source"):
         from toolkit import kernels, pipeline
 
-        # Boots on the other core while this process imports Ploomber and fetches inputs.
+        # Boots on the other core while this process imports papermill and fetches inputs.
         kernels.prestart(request["run_id"], pipeline.PROJECT_DIR / request["source"])
     _skip_slow_optional_imports()
-    from ploomber.constants import TaskStatus
-    from ploomber.products import File
-
     from toolkit import cache, pipeline, runs, storage
 
     workspace = Path(tempfile.mkdtemp(prefix=f"toolkit-{step}-"))
     started = runs.now()
     try:
-        dag = pipeline.load_dag({**request["env"], "build_dir": str(workspace)})
-        if File in dag.clients:
-            del dag.clients[File]  # this layer, not Ploomber's client, publishes outputs
-        for upstream_step, urls in request["upstream"].items():
-            upstream_products = _local_products(dag[upstream_step])
-            for name, url in urls.items():
-                storage.download_file(url, upstream_products[name])
-        task = dag[step]
-        # papermill has no execution timeout by default: a hung cell must fail the step.
-        task.executor_params["execution_timeout"] = int(request["timeout"])
+        env = {**request["env"], "build_dir": str(workspace)}
+        executor_params: dict[str, Any] = {
+            # papermill has no execution timeout by default: a hung cell must fail the step.
+            "execution_timeout": int(request["timeout"]),
+        }
         if reuse_kernel:
             from toolkit import kernels
 
-            task.executor_params["engine_name"] = kernels.register_engine()
-            task.executor_params["kernel_key"] = request["run_id"]
-        dag.render(force=True, show_progress=False)
-        for upstream_task in task.upstream.values():
-            # Their products were fetched from storage above; Ploomber must not rebuild them.
-            upstream_task.exec_status = TaskStatus.Skipped
+            executor_params["engine_name"] = kernels.register_engine()
+            executor_params["kernel_key"] = request["run_id"]
         try:
-            # The executor-facing build (what Ploomber's own executors call): runs the
-            # notebook, its on_failure hook, and raises TaskBuildError on failure.
-            task._build(catch_exceptions=True)
-        except Exception as exc:  # Ploomber wraps the notebook's error
-            return _failure(request, task, exc, started)
+            task = pipeline.notebook_task(step, env)
+        except pipeline.NeedsPloomber as reason:
+            run, products = _ploomber_task(step, env, request["upstream"], executor_params)
+            _log.info("step %s executed by Ploomber: %s", step, reason)
+        else:
+            run, products = _light_task(task, request["upstream"], executor_params)
+        try:
+            run()
+        except Exception as exc:  # the notebook's error, possibly wrapped by Ploomber
+            return _failure(request, Path(products["nb"]), exc, started)
         hit = cache.publish(
             request["root"],
             request["identity"],
             step,
             request["key"],
             request["attempt"],
-            _local_products(task),
+            products,
             request["run_id"],
             runs.now(),
             before_manifest=lambda: crash_point(f"{step}:before-manifest"),
@@ -132,6 +128,41 @@ def execute_step(request: dict[str, Any]) -> dict[str, Any]:
         shutil.rmtree(workspace, ignore_errors=True)
 
 
+def _light_task(task, upstream: dict, executor_params: dict):
+    """The step executed without Ploomber (``toolkit.notebook_task``)."""
+    from toolkit import notebook_task, storage
+
+    for upstream_step, urls in upstream.items():
+        for name, url in urls.items():
+            storage.download_file(url, task.upstream_products[upstream_step][name])
+    return (lambda: notebook_task.execute(task, **executor_params)), task.products
+
+
+def _ploomber_task(step: str, env: dict, upstream: dict, executor_params: dict):
+    """The step executed by Ploomber, for a pipeline.yaml the light path does not read."""
+    from ploomber.constants import TaskStatus
+    from ploomber.products import File
+
+    from toolkit import pipeline, storage
+
+    dag = pipeline.load_dag(env)
+    if File in dag.clients:
+        del dag.clients[File]  # this layer, not Ploomber's client, publishes outputs
+    for upstream_step, urls in upstream.items():
+        upstream_products = _local_products(dag[upstream_step])
+        for name, url in urls.items():
+            storage.download_file(url, upstream_products[name])
+    task = dag[step]
+    task.executor_params.update(executor_params)
+    dag.render(force=True, show_progress=False)
+    for upstream_task in task.upstream.values():
+        # Their products were fetched from storage above; Ploomber must not rebuild them.
+        upstream_task.exec_status = TaskStatus.Skipped
+    # The executor-facing build (what Ploomber's own executors call): runs the notebook,
+    # its on_failure hook, and raises TaskBuildError on failure.
+    return (lambda: task._build(catch_exceptions=True)), _local_products(task)
+
+
 def _skip_slow_optional_imports() -> None:
     """Keep ``rfc3987_syntax`` from loading in a process that executes steps.
 
@@ -145,13 +176,13 @@ def _skip_slow_optional_imports() -> None:
     sys.modules.setdefault("rfc3987_syntax", None)
 
 
-def _failure(request, task, exc, started) -> dict[str, Any]:
+def _failure(request, notebook: Path, exc, started) -> dict[str, Any]:
     """Keep the partial notebook and contract reports under the run, never in the cache."""
     import json
 
     from toolkit import runs, storage
 
-    folder = Path(str(task.product["nb"])).parent
+    folder = notebook.parent
     target = runs.run_url(
         request["run_id"], "steps", request["step"], request["attempt"], root=request["root"]
     )

@@ -41,9 +41,11 @@ if TYPE_CHECKING:
 __all__ = [
     "STEPS",
     "NeedsPloomber",
+    "NotebookTask",
     "Step",
     "StorageClient",
     "load_dag",
+    "notebook_task",
     "plan",
     "resolve_from_env",
     "run_identity",
@@ -153,9 +155,13 @@ def _env_with(overrides: dict | None, project_dir: Path) -> dict:
 def set_aside_failed_notebook(task) -> None:
     """Task ``on_failure`` hook: rename the partial notebook so no product of a failed step
     exists. It stays beside the outputs, as ``<step>.failed.ipynb``, for debugging."""
-    nb = Path(str(task.product["nb"]))
-    if nb.exists():
-        nb.replace(nb.with_name(f"{nb.stem}.failed.ipynb"))
+    set_aside(Path(str(task.product["nb"])))
+
+
+def set_aside(notebook: Path) -> None:
+    """Rename a failed step's partial notebook to ``<step>.failed.ipynb``, if it exists."""
+    if notebook.exists():
+        notebook.replace(notebook.with_name(f"{notebook.stem}.failed.ipynb"))
 
 
 # ---------------------------------------------------------------------------
@@ -227,6 +233,67 @@ def plan(env: dict | None = None, project_dir: Path | str = PROJECT_DIR) -> list
     return _topological(steps)
 
 
+@dataclass(frozen=True)
+class NotebookTask:
+    """One step rendered for execution, as Ploomber's ``NotebookRunner`` would have it.
+
+    ``products`` and ``upstream_products`` are absolute file paths (the step's workspace);
+    ``params`` are the task's params, ``dotted_path`` params called. ``toolkit.notebook_task``
+    executes it without importing Ploomber.
+    """
+
+    name: str
+    source: Path
+    params: dict[str, Any]
+    products: dict[str, str]
+    upstream_products: dict[str, dict[str, str]]
+    static_analysis: str  # "strict", "regular" or "disable", as in pipeline.yaml
+    set_aside_failed: bool  # on_failure is set_aside_failed_notebook
+
+
+# The only task hook the light executor runs itself; any other hook needs Ploomber's task.
+_SET_ASIDE_HOOK = "toolkit.pipeline.set_aside_failed_notebook"
+
+
+def notebook_task(
+    name: str, env: dict | None = None, project_dir: Path | str = PROJECT_DIR
+) -> NotebookTask:
+    """Step ``name`` ready to execute without Ploomber, read from ``pipeline.yaml``.
+
+    Raises:
+        NeedsPloomber: the task uses a feature only Ploomber's own task runs (another
+            hook, a notebook product that is not an ``.ipynb`` file, relative product
+            paths, ...): execute it with Ploomber. The message names the feature.
+        KeyError: no step is called ``name``.
+    """
+    project_dir = Path(project_dir).resolve()
+    with _in_project(project_dir):
+        drafts = {draft["name"]: draft for draft in _light_drafts(env, project_dir)}
+        draft = drafts[name]
+        hooks = draft["hooks"]
+        if set(hooks) - {"on_failure"} or hooks.get("on_failure", _SET_ASIDE_HOOK).replace(
+            "::", "."
+        ) != _SET_ASIDE_HOOK:
+            raise NeedsPloomber(f"task {name!r}: a hook other than {_SET_ASIDE_HOOK}")
+        if draft["static_analysis"] not in ("strict", "regular", "disable"):
+            raise NeedsPloomber(f"task {name!r}: static_analysis {draft['static_analysis']!r}")
+        if Path(draft["products"]["nb"]).suffix != ".ipynb":
+            raise NeedsPloomber(f"task {name!r}: its nb product is not an .ipynb file")
+        upstream = {u: drafts[u]["products"] for u in draft["upstream"] if u in drafts}
+        for products in (draft["products"], *upstream.values()):
+            if not all(Path(path).is_absolute() for path in products.values()):
+                raise NeedsPloomber(f"task {name!r}: relative product paths")
+        return NotebookTask(
+            name=name,
+            source=draft["source"],
+            params=_called_params(draft["params"]),
+            products=dict(draft["products"]),
+            upstream_products={u: dict(products) for u, products in upstream.items()},
+            static_analysis=draft["static_analysis"],
+            set_aside_failed="on_failure" in hooks,
+        )
+
+
 def _ploomber_steps(env: dict | None, project_dir: Path) -> list[Step]:
     """The steps of the DAG Ploomber builds, in pipeline.yaml order."""
     dag = load_dag(env, project_dir)
@@ -295,6 +362,27 @@ def _light_steps(env: dict | None, project_dir: Path) -> list[Step]:
 
     Raises ``NeedsPloomber`` for anything this does not read exactly as Ploomber does.
     """
+    with _in_project(project_dir):  # where Ploomber imports and calls dotted paths
+        drafts = _light_drafts(env, project_dir)
+        position = {draft["name"]: index for index, draft in enumerate(drafts)}
+        return [
+            Step(
+                name=draft["name"],
+                source=draft["source"],
+                upstream=tuple(
+                    sorted(draft["upstream"], key=lambda u: (position.get(u, len(drafts)), u))
+                ),
+                params=_called_params(draft["params"]),
+            )
+            for draft in drafts
+        ]
+
+
+def _light_drafts(env: dict | None, project_dir: Path) -> list[dict]:
+    """Each task of ``pipeline.yaml`` as ``_task_draft`` reads it, dotted paths not called.
+
+    Call it in ``_in_project``. Raises ``NeedsPloomber`` as ``_light_steps`` does.
+    """
     if project_dir.parent.name == "src":
         # Ploomber may then take a setup.py folder above as the project root.
         raise NeedsPloomber("a src/<package>/pipeline.yaml layout")
@@ -320,32 +408,20 @@ def _light_steps(env: dict | None, project_dir: Path) -> list[Step]:
     if not isinstance(tasks, list) or not tasks:
         raise NeedsPloomber("tasks is not a list of tasks")
 
-    with _in_project(project_dir):  # where Ploomber imports and calls dotted paths
-        for hook in _HOOKS:
-            if hook in spec:
-                _callable(spec[hook], hook)
-        clients = spec.get("clients") or {}
-        if not isinstance(clients, dict):
-            raise NeedsPloomber("clients is not a mapping")
-        for product_class, factory in clients.items():
-            if factory is not None:  # checked, not called: the File client imports Ploomber
-                _callable(factory, f"clients.{product_class}")
-        drafts = [_task_draft(task, extract_upstream, project_dir) for task in tasks]
-        names = [draft["name"] for draft in drafts]
-        if len(set(names)) != len(names):
-            raise NeedsPloomber("two tasks have the same name")
-        position = {name: index for index, name in enumerate(names)}
-        return [
-            Step(
-                name=draft["name"],
-                source=draft["source"],
-                upstream=tuple(
-                    sorted(draft["upstream"], key=lambda u: (position.get(u, len(names)), u))
-                ),
-                params=_called_params(draft["params"]),
-            )
-            for draft in drafts
-        ]
+    for hook in _HOOKS:
+        if hook in spec:
+            _callable(spec[hook], hook)
+    clients = spec.get("clients") or {}
+    if not isinstance(clients, dict):
+        raise NeedsPloomber("clients is not a mapping")
+    for product_class, factory in clients.items():
+        if factory is not None:  # checked, not called: the File client imports Ploomber
+            _callable(factory, f"clients.{product_class}")
+    drafts = [_task_draft(task, extract_upstream, project_dir) for task in tasks]
+    names = [draft["name"] for draft in drafts]
+    if len(set(names)) != len(names):
+        raise NeedsPloomber("two tasks have the same name")
+    return drafts
 
 
 def _only_keys(mapping: dict, known: frozenset[str], where: str) -> None:
@@ -535,6 +611,9 @@ def _task_draft(task: Any, extract_upstream: bool, project_dir: Path) -> dict:
         "source": path,
         "upstream": list(dict.fromkeys(upstream)),
         "params": params,
+        "products": product,
+        "static_analysis": task.get("static_analysis", "regular"),
+        "hooks": {hook: task[hook] for hook in _HOOKS if task.get(hook) is not None},
     }
 
 
