@@ -6,8 +6,9 @@ hand never pays. This engine keeps a run's kernel alive between its steps and, b
 each further notebook, resets what a fresh kernel would not have: the user namespace
 (IPython's ``reset``, so execution counts restart at 1), the working directory and the
 environment variables, which are made equal to the launcher's at that moment. Imported
-modules stay imported; that is the saving. The executed notebook is written as before
-and stays the record of the step.
+modules stay imported; that is the saving. The connected client is kept as well (a new
+client's readiness check waits for 0.2 s of silence on IOPub, per notebook). The
+executed notebook is written as before and stays the record of the step.
 
 Isolation rules, so that sharing a kernel cannot change a result:
 
@@ -52,6 +53,7 @@ __all__ = [
 ENGINE_NAME = "toolkit-reuse"
 MAX_IDLE = 2
 WARM_UP_TIMEOUT = 300  # seconds for a prestarted kernel to boot and import its modules
+IOPUB_GRACE = 5  # seconds after the warm-up's reply for its "idle" status to arrive
 
 
 @dataclass(eq=False)
@@ -63,26 +65,36 @@ class _Kernel:
     env_at_start: dict[str, str] = field(default_factory=dict)
     notebooks: int = 0
     warm_up: tuple | None = None  # (client, msg id) of a prestart's imports, until done
+    # A connected client known to receive the kernel's outputs, kept between notebooks:
+    # nbclient's readiness check of a new client waits for 0.2 s of silence on IOPub.
+    client: object | None = None
 
     def finish_warm_up(self) -> bool:
-        """Wait for the prestart's imports; False if the kernel never answered."""
+        """Wait for the prestart's imports; False if the kernel never answered.
+
+        The prestart's client is kept for the notebooks when the kernel's "idle" status
+        for the imports reached it too: its IOPub channel is then known to be connected.
+        """
         if self.warm_up is None:
             return True
         client, msg_id = self.warm_up
         self.warm_up = None
         deadline = time.monotonic() + WARM_UP_TIMEOUT
         try:
-            # In short waits, so that a kernel dying as it boots is noticed at once.
-            while time.monotonic() < deadline and self.alive():
-                try:
-                    reply = run_sync(client.get_shell_msg)(timeout=1)
-                except queue.Empty:
-                    continue
-                if reply["parent_header"].get("msg_id") == msg_id:
-                    return True
-            return False
+            if not _wait_for(client.get_shell_msg, _reply_to(msg_id), deadline, self.alive):
+                return False
+            idle_seen = _wait_for(
+                client.get_iopub_msg,
+                _idle_after(msg_id),
+                min(deadline, time.monotonic() + IOPUB_GRACE),
+                self.alive,
+            )
+            if idle_seen:
+                self.client, client = client, None
+            return True
         finally:
-            client.stop_channels()
+            if client is not None:
+                client.stop_channels()
 
     def alive(self) -> bool:
         process = getattr(getattr(self.manager, "provisioner", None), "process", None)
@@ -98,6 +110,7 @@ class _Kernel:
             with contextlib.suppress(Exception):
                 self.warm_up[0].stop_channels()
             self.warm_up = None
+        self.drop_client()
         process = getattr(getattr(self.manager, "provisioner", None), "process", None)
         if process is not None and process.poll() is None:
             process.kill()
@@ -105,6 +118,38 @@ class _Kernel:
                 process.wait(timeout=10)
         with contextlib.suppress(Exception):  # best effort: the file is in a temp folder
             self.manager.cleanup_connection_file()
+
+
+    def drop_client(self) -> None:
+        if self.client is not None:
+            with contextlib.suppress(Exception):  # the kernel may be gone already
+                self.client.stop_channels()
+            self.client = None
+
+
+def _wait_for(receive, matches, deadline: float, alive) -> bool:
+    """Read messages from one channel until one ``matches``; False at the deadline or when
+    the kernel dies. Reads in short waits, so that a kernel dying is noticed at once."""
+    while time.monotonic() < deadline and alive():
+        try:
+            message = run_sync(receive)(timeout=min(1.0, max(0.01, deadline - time.monotonic())))
+        except queue.Empty:
+            continue
+        if matches(message):
+            return True
+    return False
+
+
+def _reply_to(msg_id: str):
+    return lambda message: message["parent_header"].get("msg_id") == msg_id
+
+
+def _idle_after(msg_id: str):
+    return lambda message: (
+        message["parent_header"].get("msg_id") == msg_id
+        and message["msg_type"] == "status"
+        and message["content"].get("execution_state") == "idle"
+    )
 
 
 class _Pool:
@@ -188,6 +233,7 @@ def prestart(key: str, source: str | Path, kernel_name: str = "python3") -> None
         modules = imported_modules(Path(source).read_text(encoding="utf-8"))
         run_sync(manager.start_kernel)()
         client = manager.client()
+        client.allow_stdin = False  # as nbclient sets its own clients
         client.start_channels()
         # Sent now, queued by ZeroMQ until the kernel listens.
         msg_id = client.execute(
@@ -237,6 +283,10 @@ def _warm_up_code(modules: list[str]) -> str:
             "    except Exception:",
             "        pass",
             "del _toolkit_module",
+            # What is loaded now stays for the kernel's life: later collections (one
+            # before each further notebook) need not walk it again.
+            "__import__('gc').collect()",
+            "__import__('gc').freeze()",
         ]
     )
 
@@ -331,6 +381,8 @@ def register_engine() -> str:
             client = _ResettingClient(
                 nb_man, km=kernel.manager, reset_code=reset_code, **final_kwargs
             )
+            # nbclient makes (and checks) a client of its own only when given none.
+            client.kc, kernel.client = kernel.client, None
             clean = False
             try:
                 nb = client.execute()
@@ -338,9 +390,10 @@ def register_engine() -> str:
                 return nb
             finally:
                 kernel.notebooks += 1
-                if client.kc is not None:
-                    with contextlib.suppress(Exception):  # the kernel may be gone already
-                        client.kc.stop_channels()
+                # Kept for the next notebook; nbclient's checks made it ready if it is new.
+                kernel.client, client.kc = client.kc, None
+                if not clean:
+                    kernel.drop_client()
                 _POOL.release(kernel, reusable=clean)
 
     papermill_engines.register(ENGINE_NAME, ReusedKernelEngine)

@@ -103,15 +103,20 @@ class _Heartbeat(threading.Thread):
         self.cancelled = False
 
     def run(self) -> None:
-        cancel_url = runs.run_url(self.recorder.record["id"], "cancel", root=self.recorder.root)
         while not self.stopped.wait(self.interval):
             try:
                 self.recorder.update(heartbeat_at=runs.now())
-                if not self.cancelled and storage.exists(cancel_url):
-                    self.cancelled = True
+                if not self.cancelled and self.cancel_requested():
                     _thread.interrupt_main()  # stops the notebook; the loop marks it cancelled
             except Exception:  # noqa: BLE001 - a missed beat must not kill the run
                 continue
+
+    def cancel_requested(self) -> bool:
+        """Whether a cancel marker exists (checked at each beat and before each step)."""
+        if not self.cancelled:
+            url = runs.run_url(self.recorder.record["id"], "cancel", root=self.recorder.root)
+            self.cancelled = storage.exists(url)
+        return self.cancelled
 
     def stop(self) -> None:
         self.stopped.set()
@@ -297,6 +302,8 @@ def execute(
         total = len(order)
         while (pending and not failed) or running:
             ready = [s for s in pending if all(u in outputs for u in upstream_of[s])]
+            if ready and beat.cancel_requested():  # before starting more steps, not a beat later
+                raise KeyboardInterrupt
             for name in ready:
                 pending.remove(name)
                 inputs = _raw_inputs(root, record["market"]) if not upstream_of[name] else {}
@@ -357,6 +364,10 @@ def execute(
                 }
                 if pool is None:  # not before a step needs it: a cached run needs no cluster
                     pool = executors.make_executor(executor, **(executor_options or {}))
+                if not pending and not running:
+                    # The last step: this process mostly waits for it, so the summary's
+                    # libraries load meanwhile instead of after it (0.4 s).
+                    threading.Thread(target=_import_summary_modules, daemon=True).start()
                 running[pool.submit(executors.execute_step, request)] = name
             done, _ = pool.wait_any(list(running)) if running else ([], [])
             for future in done:
@@ -482,6 +493,10 @@ def describe(record: dict[str, Any]) -> str:
         lines.append(f"  {name} ({state})")
         lines += [f"    {key}: {url}" for key, url in (step.get("outputs") or {}).items()]
     return "\n".join(lines)
+
+
+def _import_summary_modules() -> None:
+    from toolkit import forecasting, io  # noqa: F401 - what ``summary`` reads tables with
 
 
 def summary(record: dict[str, Any], top: int = 10) -> str:

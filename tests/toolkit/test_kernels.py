@@ -160,3 +160,20 @@ def test_a_prestart_that_cannot_start_leaves_the_kernel_to_the_engine(tmp_path):
     kernels.prestart("run-1", tmp_path / "no-such-notebook.py")
     assert kernels.idle_kernels() == []
     assert _text(_run(tmp_path, "a", "print(6 * 7)")).strip() == "42"
+
+
+def test_the_runs_client_is_kept_between_notebooks_and_no_output_is_lost(tmp_path):
+    source = tmp_path / "step.py"
+    source.write_text("import json\n")
+    kernels.prestart("run-1", source)
+    lines = "for i in range(300):\n    print(i)"
+    first = _run(tmp_path, "a", lines, "display({'text/plain': 'shown'}, raw=True)", "6 * 7")
+    client = kernels._POOL._idle[0].client
+    assert client is not None, "the prestart's client was not kept"
+    second = _run(tmp_path, "b", lines, "6 * 7")
+    assert kernels._POOL._idle[0].client is client, "a new client was made"
+    expected = "".join(f"{i}\n" for i in range(300))
+    assert _text(first, 0) == _text(second, 0) == expected
+    assert first.cells[1].outputs[0]["data"]["text/plain"] == "shown"
+    assert second.cells[1].outputs[0]["data"]["text/plain"] == "42"
+    assert [c.execution_count for c in second.cells] == [1, 2]
