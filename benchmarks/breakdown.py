@@ -89,12 +89,14 @@ print(json.dumps(result))
 _PROBE = """
 import importlib.util, inspect, json, os, pathlib, sys
 import toolkit.runner as runner
+import toolkit.executors as executors
 import toolkit.forecasting
 origin = pathlib.Path(importlib.util.find_spec("ploomber").origin).parent
 print(json.dumps({
     # A run renders the DAG with Ploomber before it looks anything up in the cache.
     "plan_imports_ploomber": "load_dag" in inspect.getsource(runner._plan),
     "kernel_reused": "kernel" in inspect.getsource(runner.execute),
+    "steps_without_ploomber": "notebook_task" in inspect.getsource(executors.execute_step),
     "summary_imports_statsmodels": "statsmodels" in sys.modules
     and "forecasting" in inspect.getsource(runner.summary),
     "venv_has_bytecode": any(origin.rglob("*.pyc")),

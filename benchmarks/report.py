@@ -106,10 +106,20 @@ def findings(rows: list[Row], data: dict) -> list[str]:
             f"({cost('a step'):.1f} s for pandas, pyarrow, pandera and toolkit.io; statsmodels "
             "on top for forecast). `toolkit run` keeps one kernel per run and resets it "
             f"between steps (`toolkit.kernels`): {reused:.2f} s per further notebook, and the "
-            "libraries are imported once per run. The first kernel is started before "
-            "Ploomber is imported and loads the first step's imports meanwhile, on the other "
-            f"core. ploomber-engine runs in-process ({engine:.2f} s) but is not used: a cell "
-            "calling `os._exit` would kill the runner, and it has no cell timeout."
+            "libraries are imported once per run; its client is kept too (a new client's "
+            "readiness check waits for 0.2 s of IOPub silence). The first kernel is started "
+            "first and loads the first step's imports on the other core while the runner "
+            "imports papermill. ploomber-engine runs in-process "
+            f"({engine:.2f} s) but is not used: a cell calling `os._exit` would kill the "
+            "runner, and it has no cell timeout."
+        )
+    if loaded.get("steps_without_ploomber"):
+        out.append(
+            f"* Importing Ploomber ({cost('ploomber'):.1f} s as installed) and rendering its "
+            "whole DAG for every executed step are off the path of `toolkit run`: "
+            "`toolkit.notebook_task` renders and executes a step the way Ploomber's "
+            "notebook task does (jupytext, papermill's parameter cell, pyflakes), and only "
+            "a `pipeline.yaml` feature it does not read brings Ploomber back."
         )
     else:
         out.append(
@@ -151,10 +161,10 @@ def findings(rows: list[Row], data: dict) -> list[str]:
     if missed & {"B2", "B6"}:
         out.append(
             f"* {'/'.join(sorted(missed & {'B2', 'B6'}))} miss(es) because fixed costs do "
-            "not shrink with the work: a tweak still starts a kernel, imports Ploomber "
-            f"({cost('ploomber'):.1f} s as installed) to render the two re-executed tasks, "
-            "and writes records and the summary. Executing a task without Ploomber, or a "
-            "kernel kept warm between processes, would remove most of it."
+            "not shrink with the work: a tweak still starts a kernel that imports the "
+            f"step's libraries ({cost('a step'):.1f} s), imports papermill, executes two "
+            "notebooks and writes records and the summary. A kernel kept warm between "
+            "processes would remove most of what is left."
         )
     dask = [r for r in rows if r.id == "Dask" and r.verdict == "missed"]
     for row in dask:
@@ -163,12 +173,12 @@ def findings(rows: list[Row], data: dict) -> list[str]:
             f"* Dask misses its target ({row.value}): its process tree used "
             f"{cpu.get('dask', float('nan')):.0f} CPU-seconds against serial's "
             f"{cpu.get('serial', float('nan')):.0f}. The extra is the cluster (scheduler, "
-            "worker processes importing Dask, toolkit and Ploomber once each); on large "
+            "worker processes importing Dask, toolkit and papermill once each); on large "
             "frames the two workers also share one memory bus (likely, not measured apart)."
         )
     if "B1" in missed:
         out.append(
-            "* B1 misses because of the fixed costs above (Ploomber's import, the kernel, "
+            "* B1 misses because of the fixed costs above (the kernel and its client, "
             "writing each executed notebook and publishing outputs), which the plain floor "
             "does not pay; they shrink relative to the work as the data grows (see B1 by "
             "size)."
