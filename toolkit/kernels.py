@@ -33,6 +33,7 @@ import json
 import os
 import queue
 import re
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -116,8 +117,9 @@ class _Kernel:
             process.kill()
             with contextlib.suppress(Exception):  # a zombie is reaped at exit
                 process.wait(timeout=10)
-        with contextlib.suppress(Exception):  # best effort: the file is in a temp folder
+        with contextlib.suppress(Exception):  # best effort: the files are in temp folders
             self.manager.cleanup_connection_file()
+            _remove_sockets(self.manager)
 
 
     def drop_client(self) -> None:
@@ -294,7 +296,26 @@ def _warm_up_code(modules: list[str]) -> str:
 def _new_manager(kernel_name: str):
     from jupyter_client import AsyncKernelManager
 
-    return AsyncKernelManager(kernel_name=kernel_name)
+    if os.name != "posix":
+        return AsyncKernelManager(kernel_name=kernel_name)
+    # Unix sockets in a private folder, not TCP ports on localhost: no port to race other
+    # kernels for, and ipykernel does not warn about unencrypted TCP in every run's output.
+    folder = tempfile.mkdtemp(prefix="toolkit-kernel-", dir=_socket_dir())
+    return AsyncKernelManager(
+        kernel_name=kernel_name, transport="ipc", ip=os.path.join(folder, "kernel")
+    )
+
+
+def _socket_dir() -> str | None:
+    # A Unix socket path must fit in about 100 bytes; a deep TMPDIR would not leave room.
+    return None if len(tempfile.gettempdir()) <= 60 else "/tmp"  # noqa: S108
+
+
+def _remove_sockets(manager) -> None:
+    if getattr(manager, "transport", "tcp") == "ipc":
+        manager.cleanup_ipc_files()
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(manager.ip))
 
 
 def _reset_code(env_at_start: dict[str, str]) -> str:
