@@ -40,7 +40,7 @@ weekly = transform.weekly_sales(
 weekly.groupby("week")["units"].sum().plot(title="Weekly units, all products", figsize=(9, 3))
 # %%
 io.write(weekly, product["data"], schemas.WeeklySales)
-io.write(
-    catalog[catalog["product_id"].isin(weekly["product_id"])], product["catalog"], schemas.Catalog
-)
+# isin over the distinct ids: over all 1.2M Arrow-backed rows it took seconds at 10M sales rows.
+kept = catalog["product_id"].isin(weekly["product_id"].unique())
+io.write(catalog[kept], product["catalog"], schemas.Catalog)
 print(f"{weekly['product_id'].nunique()} products x {weekly['week'].nunique()} weeks")
