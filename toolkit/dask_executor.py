@@ -231,9 +231,9 @@ class DaskExecutor:
         settings = {
             # Worker deaths a task survives: ``retries`` is the one knob for both retries.
             "distributed.scheduler.allowed-failures": self.retries,
-            # Dask pins OpenMP/BLAS to one thread in its workers, and the forecast's
-            # iterative fits then give other floats (1e-5 apart) than a serial run. Keep
-            # only its malloc setting: workers inherit ours, as serial kernels do.
+            # Dask would pin OpenMP/BLAS threads in its workers; ``execute_step`` sets
+            # the same thread counts for every kernel, serial or not, unless exported.
+            # Keep only Dask's malloc setting: workers inherit our environment.
             "distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 65536},
         }
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 
@@ -49,6 +50,18 @@ def test_a_step_ploomber_executes_gives_what_the_light_runner_gives(local_root, 
             io.read_unchecked(light["outputs"][name]), io.read_unchecked(ploomber["outputs"][name])
         )
     assert code_and_outputs(light["outputs"]["nb"]) == code_and_outputs(ploomber["outputs"]["nb"])
+
+
+def test_kernels_get_one_library_thread_unless_the_operator_chose(local_root, monkeypatch):
+    for name in executors.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    demo_data.write(["US"], n_products=6, root=local_root)
+    request = request_for(local_root, "load_transform", "threads", {})
+    request["source"] = None  # no prestart: the engine starts the kernel
+    assert executors.execute_step(request)["status"] == "succeeded"
+    assert os.environ["OPENBLAS_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "1"
+    assert os.environ["OMP_NUM_THREADS"] == "3"
 
 
 def test_a_step_whose_upstream_output_is_gone_fails_naming_it(local_root):
