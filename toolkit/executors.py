@@ -71,7 +71,7 @@ def execute_step(request: dict[str, Any]) -> dict[str, Any]:
         # Boots on the other core while this process imports papermill and fetches inputs.
         kernels.prestart(request["run_id"], pipeline.PROJECT_DIR / request["source"])
     _skip_slow_optional_imports()
-    from toolkit import cache, pipeline, runs, storage
+    from toolkit import cache, pipeline, runs
 
     workspace = Path(tempfile.mkdtemp(prefix=f"toolkit-{step}-"))
     started = runs.now()

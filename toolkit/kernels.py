@@ -121,7 +121,6 @@ class _Kernel:
             self.manager.cleanup_connection_file()
             _remove_sockets(self.manager)
 
-
     def drop_client(self) -> None:
         if self.client is not None:
             with contextlib.suppress(Exception):  # the kernel may be gone already

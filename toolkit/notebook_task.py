@@ -105,9 +105,10 @@ def render(task: NotebookTask) -> str:
     for cell in nb.cells:
         if not cell.metadata["tags"]:
             cell.metadata.pop("tags")
-    if task.static_analysis != "disable" and nb.metadata.get("kernelspec", {}).get(
-        "language", "python"
-    ) == "python":
+    if (
+        task.static_analysis != "disable"
+        and nb.metadata.get("kernelspec", {}).get("language", "python") == "python"
+    ):
         _check(nb, params, source, signature=task.static_analysis == "strict")
     return nbformat.writes(nb)
 

@@ -271,9 +271,10 @@ def notebook_task(
         drafts = {draft["name"]: draft for draft in _light_drafts(env, project_dir)}
         draft = drafts[name]
         hooks = draft["hooks"]
-        if set(hooks) - {"on_failure"} or hooks.get("on_failure", _SET_ASIDE_HOOK).replace(
-            "::", "."
-        ) != _SET_ASIDE_HOOK:
+        if (
+            set(hooks) - {"on_failure"}
+            or hooks.get("on_failure", _SET_ASIDE_HOOK).replace("::", ".") != _SET_ASIDE_HOOK
+        ):
             raise NeedsPloomber(f"task {name!r}: a hook other than {_SET_ASIDE_HOOK}")
         if draft["static_analysis"] not in ("strict", "regular", "disable"):
             raise NeedsPloomber(f"task {name!r}: static_analysis {draft['static_analysis']!r}")

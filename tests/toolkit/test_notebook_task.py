@@ -22,7 +22,9 @@ def envs(tmp_path) -> dict[str, dict]:
     return {
         "env.yaml": {"build_dir": build},
         "run-DE": {
-            **runner.ploomber_env(config_mod.resolve(patches=patches), patches=patches, run_id="r-1"),
+            **runner.ploomber_env(
+                config_mod.resolve(patches=patches), patches=patches, run_id="r-1"
+            ),
             "build_dir": build,
         },
     }
@@ -92,7 +94,8 @@ def test_an_undefined_name_stops_the_step_before_it_runs_as_in_ploomber(
 
 
 def test_strict_steps_must_declare_exactly_their_params(project_copy, tmp_path, local_root):
-    edit(project_copy / "pipeline.yaml", "        step: optimize\n", "        step: optimize\n      extra: 1\n")
+    spec = project_copy / "pipeline.yaml"
+    edit(spec, "        step: optimize\n", "        step: optimize\n      extra: 1\n")
     task = pipeline.notebook_task("optimize", {"build_dir": str(tmp_path / "b")}, project_copy)
     with pytest.raises(notebook_task.StaticAnalysisError, match="passed but not declared: extra"):
         notebook_task.render(task)
@@ -111,12 +114,17 @@ def test_a_parameters_cell_left_last_is_named(project_copy, tmp_path, local_root
     "change, reason",
     [
         (
-            ("    on_failure: toolkit.pipeline.set_aside_failed_notebook\n",
-             "    on_finish: toolkit.pipeline.set_aside_failed_notebook\n"),
+            (
+                "    on_failure: toolkit.pipeline.set_aside_failed_notebook\n",
+                "    on_finish: toolkit.pipeline.set_aside_failed_notebook\n",
+            ),
             "a hook other than",
         ),
         (("optimize/optimize.ipynb", "optimize/optimize.html"), "not an .ipynb file"),
-        (("    static_analysis: strict\n", "    static_analysis: loud\n"), "static_analysis 'loud'"),
+        (
+            ("    static_analysis: strict\n", "    static_analysis: loud\n"),
+            "static_analysis 'loud'",
+        ),
     ],
 )
 def test_what_only_ploomber_executes_is_handed_to_it(change, reason, project_copy, local_root):
