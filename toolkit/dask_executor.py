@@ -235,6 +235,9 @@ class DaskExecutor:
             # the same thread counts for every kernel, serial or not, unless exported.
             # Keep only Dask's malloc setting: workers inherit our environment.
             "distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 65536},
+            # The statistical profiler samples the worker's threads every 10 ms; they only
+            # wait on a kernel, so it would profile waiting, with the kernels' cores.
+            "distributed.worker.profile.enabled": False,
         }
         try:
             with dask.config.set(settings):
