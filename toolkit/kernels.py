@@ -119,6 +119,7 @@ class _Kernel:
                 process.wait(timeout=10)
         with contextlib.suppress(Exception):  # best effort: the files are in temp folders
             self.manager.cleanup_connection_file()
+        with contextlib.suppress(Exception):
             _remove_sockets(self.manager)
 
     def drop_client(self) -> None:
