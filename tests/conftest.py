@@ -40,6 +40,16 @@ def project(tmp_path) -> Path:
     return target
 
 
+@pytest.fixture
+def project_copy(tmp_path) -> Path:
+    """pipeline.yaml, env.yaml and the notebooks, in a folder of their own, safe to edit."""
+    target = tmp_path / "project"
+    shutil.copytree(PROJECT_DIR / "notebooks", target / "notebooks")
+    for name in ("pipeline.yaml", "env.yaml"):
+        shutil.copy(PROJECT_DIR / name, target / name)
+    return target
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server over HTTP on a loopback port, as s3fs's own tests run it."""

@@ -131,11 +131,9 @@ def execute_step(request: dict[str, Any]) -> dict[str, Any]:
 
 def _light_task(task, upstream: dict, executor_params: dict):
     """The step executed without Ploomber (``toolkit.notebook_task``)."""
-    from toolkit import notebook_task, storage
+    from toolkit import notebook_task
 
-    for upstream_step, urls in upstream.items():
-        for name, url in urls.items():
-            storage.download_file(url, task.upstream_products[upstream_step][name])
+    _fetch(upstream, task.upstream_products)
     return (lambda: notebook_task.execute(task, **executor_params)), task.products
 
 
@@ -144,15 +142,12 @@ def _ploomber_task(step: str, env: dict, upstream: dict, executor_params: dict):
     from ploomber.constants import TaskStatus
     from ploomber.products import File
 
-    from toolkit import pipeline, storage
+    from toolkit import pipeline
 
     dag = pipeline.load_dag(env)
     if File in dag.clients:
         del dag.clients[File]  # this layer, not Ploomber's client, publishes outputs
-    for upstream_step, urls in upstream.items():
-        upstream_products = _local_products(dag[upstream_step])
-        for name, url in urls.items():
-            storage.download_file(url, upstream_products[name])
+    _fetch(upstream, {name: _local_products(dag[name]) for name in upstream})
     task = dag[step]
     task.executor_params.update(executor_params)
     dag.render(force=True, show_progress=False)
@@ -162,6 +157,15 @@ def _ploomber_task(step: str, env: dict, upstream: dict, executor_params: dict):
     # The executor-facing build (what Ploomber's own executors call): runs the notebook,
     # its on_failure hook, and raises TaskBuildError on failure.
     return (lambda: task._build(catch_exceptions=True)), _local_products(task)
+
+
+def _fetch(upstream: dict, local: dict) -> None:
+    """Download each upstream output (step -> product -> URL) to its path in ``local``."""
+    from toolkit import storage
+
+    for step, urls in upstream.items():
+        for name, url in urls.items():
+            storage.download_file(url, local[step][name])
 
 
 # Thread pools of the numeric libraries a step's kernel loads (OpenBLAS, MKL, OpenMP, ...).

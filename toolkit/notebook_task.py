@@ -24,7 +24,6 @@ notebooks of every step). Anything else in a task goes to Ploomber
 from __future__ import annotations
 
 import ast
-import copy
 import os
 import tempfile
 from pathlib import Path
@@ -58,11 +57,8 @@ _BLOCKING = (
 
 def params_of(task: NotebookTask) -> dict[str, Any]:
     """What the injected cell assigns: the task's params, ``upstream``, ``product``."""
-    params = copy.deepcopy(task.params)
-    if task.upstream_products:
-        params["upstream"] = copy.deepcopy(task.upstream_products)
-    params["product"] = dict(task.products)
-    return params
+    upstream = {"upstream": task.upstream_products} if task.upstream_products else {}
+    return {**task.params, **upstream, "product": task.products}
 
 
 def render(task: NotebookTask) -> str:
@@ -101,7 +97,7 @@ def render(task: NotebookTask) -> str:
         cell.metadata.setdefault("tags", [])
     nb.metadata["papermill"] = {}
     params = params_of(task)
-    nb = parameterize_notebook(copy.deepcopy(nb), params)
+    nb = parameterize_notebook(nb, params)  # the notebook was just read: no copy needed
     for cell in nb.cells:
         if not cell.metadata["tags"]:
             cell.metadata.pop("tags")

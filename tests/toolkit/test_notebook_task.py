@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import json
-import shutil
 from pathlib import Path
 
 import nbformat
@@ -12,8 +11,6 @@ import pytest
 
 from toolkit import config as config_mod
 from toolkit import notebook_task, pipeline, runner
-
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 def envs(tmp_path) -> dict[str, dict]:
@@ -61,15 +58,6 @@ def without_ids(notebook: str) -> dict:
                 (node.targets[0].id, ast.literal_eval(node.value)) for node in module.body
             ]
     return data
-
-
-@pytest.fixture
-def project_copy(tmp_path) -> Path:
-    target = tmp_path / "project"
-    shutil.copytree(PROJECT_DIR / "notebooks", target / "notebooks")
-    for name in ("pipeline.yaml", "env.yaml"):
-        shutil.copy(PROJECT_DIR / name, target / name)
-    return target
 
 
 def edit(path: Path, old: str, new: str) -> None:

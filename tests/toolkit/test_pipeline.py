@@ -242,16 +242,6 @@ def test_importing_and_planning_never_import_ploomber(local_root):
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def project_copy(tmp_path) -> Path:
-    """pipeline.yaml, env.yaml and the notebooks, in a folder of their own."""
-    target = tmp_path / "project"
-    shutil.copytree(PROJECT_DIR / "notebooks", target / "notebooks")
-    for name in ("pipeline.yaml", "env.yaml"):
-        shutil.copy(PROJECT_DIR / name, target / name)
-    return target
-
-
 def edit(path: Path, old: str, new: str, count: int = 1) -> None:
     text = path.read_text()
     assert text.count(old) >= count, f"{old!r} not in {path.name}"
