@@ -88,6 +88,8 @@ def run_command(patches, configs, force, run_id, executor, workers, scheduler) -
 
     resolved = _resolve_or_exit(configs, patches)
     executor, options = _executor_choice(resolved, executor, workers, scheduler)
+    if executor == "serial":
+        _leave_a_spare_kernel()
     try:
         record = runner.start(
             resolved,
@@ -113,6 +115,17 @@ def run_command(patches, configs, force, run_id, executor, workers, scheduler) -
         sys.exit(130)
     click.echo("")
     click.echo(runner.summary(record))
+
+
+def _leave_a_spare_kernel() -> None:
+    """The next `toolkit run` adopts a kernel this one leaves, warmed up (toolkit.spare_kernels)."""
+    from toolkit import spare_kernels
+
+    try:
+        spare_kernels.enable()
+    except ValueError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
 
 
 def _executor_choice(resolved, executor, workers, scheduler):

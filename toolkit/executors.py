@@ -53,8 +53,10 @@ def execute_step(request: dict[str, Any]) -> dict[str, Any]:
             ``attempt``, ``timeout``, ``identity``, ``upstream`` (step -> product ->
             URL of the published upstream outputs), ``kernel`` ("reuse": the run's
             kernel, kept between its steps in this process, see ``toolkit.kernels``;
-            "fresh": a new kernel) and ``source`` (the notebook, relative to the project,
-            whose imports a prestarted kernel loads ahead).
+            "fresh": a new kernel), ``source`` (the notebook, relative to the project,
+            whose imports a prestarted kernel loads ahead) and ``sources`` (every step's
+            notebook: what a spare kernel left for the next run imports, see
+            ``toolkit.spare_kernels``).
 
     Returns:
         ``status`` ("succeeded" or "failed") with ``outputs``/``url`` or ``error``,
@@ -69,7 +71,11 @@ def execute_step(request: dict[str, Any]) -> dict[str, Any]:
         from toolkit import kernels, pipeline
 
         # Boots on the other core while this process imports papermill and fetches inputs.
-        kernels.prestart(request["run_id"], pipeline.PROJECT_DIR / request["source"])
+        kernels.prestart(
+            request["run_id"],
+            pipeline.PROJECT_DIR / request["source"],
+            spare_sources=[pipeline.PROJECT_DIR / s for s in request.get("sources", ())],
+        )
     _skip_slow_optional_imports()
     from toolkit import cache, pipeline, runs
 

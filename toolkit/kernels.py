@@ -30,16 +30,24 @@ import atexit
 import contextlib
 import functools
 import json
+import logging
 import os
 import queue
 import re
+import shutil
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from jupyter_core.utils import run_sync
+
+from toolkit import spare_kernels
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "ENGINE_NAME",
@@ -55,6 +63,8 @@ ENGINE_NAME = "toolkit-reuse"
 MAX_IDLE = 2
 WARM_UP_TIMEOUT = 300  # seconds for a prestarted kernel to boot and import its modules
 IOPUB_GRACE = 5  # seconds after the warm-up's reply for its "idle" status to arrive
+SPARE_CLAIM_TIMEOUT = 60  # seconds for a spare to finish its imports and answer its claim
+_CLAIM = {"fresh": "__import__('toolkit.spare_kernels').spare_kernels.claim()"}
 
 
 @dataclass(eq=False)
@@ -69,6 +79,9 @@ class _Kernel:
     # A connected client known to receive the kernel's outputs, kept between notebooks:
     # nbclient's readiness check of a new client waits for 0.2 s of silence on IOPub.
     client: object | None = None
+    # What the spare left for the next run imports, once this kernel is ready (a spare
+    # booting beside this one would slow it down).
+    spare_modules: list[str] = field(default_factory=list)
 
     def finish_warm_up(self) -> bool:
         """Wait for the prestart's imports; False if the kernel never answered.
@@ -82,7 +95,7 @@ class _Kernel:
         self.warm_up = None
         deadline = time.monotonic() + WARM_UP_TIMEOUT
         try:
-            if not _wait_for(client.get_shell_msg, _reply_to(msg_id), deadline, self.alive):
+            if _wait_for(client.get_shell_msg, _reply_to(msg_id), deadline, self.alive) is None:
                 return False
             idle_seen = _wait_for(
                 client.get_iopub_msg,
@@ -90,7 +103,7 @@ class _Kernel:
                 min(deadline, time.monotonic() + IOPUB_GRACE),
                 self.alive,
             )
-            if idle_seen:
+            if idle_seen is not None:
                 self.client, client = client, None
             return True
         finally:
@@ -129,17 +142,18 @@ class _Kernel:
             self.client = None
 
 
-def _wait_for(receive, matches, deadline: float, alive) -> bool:
-    """Read messages from one channel until one ``matches``; False at the deadline or when
-    the kernel dies. Reads in short waits, so that a kernel dying is noticed at once."""
+def _wait_for(receive, matches, deadline: float, alive) -> dict | None:
+    """Read messages from one channel until one ``matches`` and return it; None at the
+    deadline or when the kernel dies. Reads in short waits, so that a kernel dying is
+    noticed at once."""
     while time.monotonic() < deadline and alive():
         try:
             message = run_sync(receive)(timeout=min(1.0, max(0.01, deadline - time.monotonic())))
         except queue.Empty:
             continue
         if matches(message):
-            return True
-    return False
+            return message
+    return None
 
 
 def _reply_to(msg_id: str):
@@ -170,9 +184,15 @@ class _Pool:
             else:
                 kernel = None
         if kernel is not None and kernel.finish_warm_up() and kernel.alive():
+            if kernel.spare_modules:
+                spare_kernels.spawn(kernel_name, kernel.spare_modules, _socket_dir())
+                kernel.spare_modules = []
             return kernel
         if kernel is not None:
             kernel.kill()
+        adopted = _adopt_spare(key, kernel_name)
+        if adopted is not None:
+            return adopted
         return _Kernel(key, kernel_name, thread, new_manager(), dict(os.environ))
 
     def has(self, key: str, kernel_name: str) -> bool:
@@ -219,18 +239,34 @@ def idle_kernels() -> list[tuple[str, int]]:
     return _POOL.idle()
 
 
-def prestart(key: str, source: str | Path, kernel_name: str = "python3") -> None:
+def prestart(
+    key: str,
+    source: str | Path,
+    kernel_name: str = "python3",
+    spare_sources: Sequence[str | Path] = (),
+) -> None:
     """Start run ``key``'s kernel now and have it import what notebook ``source`` imports.
 
     Returns at once, unless this thread keeps a kernel for ``key`` already (then it does
     nothing): the kernel boots and imports on another core while the launcher goes on
     (importing Ploomber, fetching upstream products, rendering the notebook). The imports
     bind no names, and the namespace is reset before the notebook runs anyway.
+
+    A spare kernel left by an earlier run for this one (``toolkit.spare_kernels``) is
+    adopted instead when there is one. Where spares are enabled, this process then leaves
+    one for the next run, importing what the notebooks ``spare_sources`` import.
     """
     if _POOL.has(key, kernel_name):
         return
+    spare_modules = _modules_of(spare_sources)
+    adopted = _adopt_spare(key, kernel_name)
+    if adopted is not None:
+        _POOL.release(adopted, reusable=True)
+        spare_kernels.spawn(kernel_name, spare_modules, _socket_dir())
+        return
     manager = _new_manager(kernel_name)
     kernel = _Kernel(key, kernel_name, threading.get_ident(), manager, dict(os.environ))
+    kernel.spare_modules = spare_modules
     try:
         modules = imported_modules(Path(source).read_text(encoding="utf-8"))
         run_sync(manager.start_kernel)()
@@ -239,13 +275,79 @@ def prestart(key: str, source: str | Path, kernel_name: str = "python3") -> None
         client.start_channels()
         # Sent now, queued by ZeroMQ until the kernel listens.
         msg_id = client.execute(
-            _warm_up_code(modules), silent=True, store_history=False, allow_stdin=False
+            warm_up_code(modules), silent=True, store_history=False, allow_stdin=False
         )
     except Exception:  # noqa: BLE001 - only a head start: the engine starts a kernel itself
         kernel.kill()  # and reports what is wrong (a missing kernel spec, say) in the step
         return
     kernel.warm_up = (client, msg_id)
     _POOL.release(kernel, reusable=True)
+
+
+def _modules_of(sources: Sequence[str | Path]) -> list[str]:
+    modules: list[str] = []
+    for source in sources:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            text = Path(source).read_text(encoding="utf-8")
+            modules += [m for m in imported_modules(text) if m not in modules]
+    return modules
+
+
+def _adopt_spare(key: str, kernel_name: str) -> _Kernel | None:
+    """A spare kernel claimed for run ``key``, connected and checked; None if none fits."""
+    while (info := spare_kernels.claim_next(kernel_name)) is not None:
+        kernel = _connect_spare(key, kernel_name, info)
+        if kernel is not None:
+            return kernel
+    return None
+
+
+def _connect_spare(key: str, kernel_name: str, info: dict) -> _Kernel | None:
+    from jupyter_client import AsyncKernelManager
+    from jupyter_client.provisioning import LocalProvisioner
+
+    folder = Path(info["folder"])
+    manager = AsyncKernelManager(
+        kernel_name=kernel_name,
+        transport="ipc",
+        ip=str(folder / "kernel"),
+        connection_file=str(folder / "kernel.json"),
+    )
+    kernel = _Kernel(key, kernel_name, threading.get_ident(), manager, dict(os.environ))
+    client = None
+    try:
+        manager.load_connection_file()
+        process = spare_kernels.ForeignProcess(int(info["pid"]))
+        manager.provisioner = LocalProvisioner(
+            kernel_id=manager.kernel_id, kernel_spec=manager.kernel_spec, parent=manager
+        )
+        manager.provisioner.process, manager.provisioner.pid = process, process.pid
+        client = manager.client()
+        client.allow_stdin = False  # as nbclient sets its own clients
+        client.start_channels()
+        msg_id = client.execute(
+            "", silent=True, store_history=False, allow_stdin=False, user_expressions=_CLAIM
+        )
+        deadline = time.monotonic() + SPARE_CLAIM_TIMEOUT
+        reply = _wait_for(client.get_shell_msg, _reply_to(msg_id), deadline, kernel.alive)
+        fresh = (reply or {}).get("content", {}).get("user_expressions", {}).get("fresh", {})
+        if fresh.get("data", {}).get("text/plain") != "True":
+            # No answer, an error, or modules changed on disk since the spare loaded them.
+            client.stop_channels()
+            spare_kernels.discard(info, kill=reply is not None)
+            return None
+        grace = min(deadline, time.monotonic() + IOPUB_GRACE)
+        if _wait_for(client.get_iopub_msg, _idle_after(msg_id), grace, kernel.alive):
+            kernel.client, client = client, None
+        return kernel
+    except Exception as exc:  # noqa: BLE001 - only a head start: start a kernel instead
+        _log.warning("could not adopt the spare kernel %s: %s", info.get("pid"), exc)
+        spare_kernels.discard(info, kill=kernel.alive())
+        return None
+    finally:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.stop_channels()
 
 
 def imported_modules(source: str) -> list[str]:
@@ -275,7 +377,7 @@ def _names(text: str) -> list[str]:
     return [n.split(" as ")[0].strip() for n in text.split(",") if n.split(" as ")[0].strip()]
 
 
-def _warm_up_code(modules: list[str]) -> str:
+def warm_up_code(modules: list[str]) -> str:
     # A failing import is left for the notebook to report, in its own cell.
     return "\n".join(
         [
@@ -314,8 +416,8 @@ def _socket_dir() -> str | None:
 def _remove_sockets(manager) -> None:
     if getattr(manager, "transport", "tcp") == "ipc":
         manager.cleanup_ipc_files()
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.dirname(manager.ip))
+        # The kernel's private folder (a spare's also holds its connection file).
+        shutil.rmtree(os.path.dirname(manager.ip), ignore_errors=True)
 
 
 def _reset_code(env_at_start: dict[str, str]) -> str:
@@ -335,14 +437,64 @@ def _reset_code(env_at_start: dict[str, str]) -> str:
     )
 
 
+@contextlib.contextmanager
+def _engines_loaded_on_use():
+    """Import papermill without loading every installed engine at once.
+
+    papermill loads all ``papermill.engine`` entry points when imported; ploomber-engine's
+    pull in matplotlib.pyplot (0.4 s of every run's launcher, for engines it never uses).
+    They stay registered, and each loads when papermill is first asked for it.
+    """
+    if "papermill.engines" in sys.modules:
+        yield
+        return
+    import entrypoints
+
+    find_all = entrypoints.get_group_all
+    deferred: dict[str, object] = {}
+
+    def defer_engines(group, path=None):
+        found = find_all(group, path)
+        if group != "papermill.engine":
+            return found
+        deferred.update((entry.name, entry) for entry in found)
+        return []
+
+    entrypoints.get_group_all = defer_engines
+    try:
+        yield
+    finally:
+        entrypoints.get_group_all = find_all
+    engines = sys.modules.get("papermill.engines")
+    if engines is not None and deferred:
+        registry = engines.papermill_engines
+        registry._engines = _EnginesLoadedOnUse(registry._engines, deferred)
+
+
+class _EnginesLoadedOnUse(dict):
+    """papermill's engine registry (``PapermillEngines._engines``, which papermill reads
+    with ``get``), loading an entry point's engine the first time it is asked for."""
+
+    def __init__(self, registered: dict, deferred: dict):
+        super().__init__(registered)
+        self._deferred = deferred
+
+    def get(self, name, default=None):
+        entry = self._deferred.pop(name, None)
+        if entry is not None:  # as at import, an entry point overrides a built-in name
+            self[name] = entry.load()
+        return super().get(name, default)
+
+
 @functools.cache
 def register_engine() -> str:
     """Register the engine with papermill (importing papermill: a second) and name it.
 
     Kept out of import time so that ``prestart`` can launch the kernel first.
     """
-    from papermill.clientwrap import PapermillNotebookClient
-    from papermill.engines import NBClientEngine, papermill_engines
+    with _engines_loaded_on_use():
+        from papermill.clientwrap import PapermillNotebookClient
+        from papermill.engines import NBClientEngine, papermill_engines
     from papermill.log import logger
     from papermill.utils import merge_kwargs, remove_args
 

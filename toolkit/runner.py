@@ -288,6 +288,7 @@ def execute(
         order = [step.name for step in steps]
         planned = {step.name: step for step in steps}
         upstream_of = {step.name: list(step.upstream) for step in steps}
+        sources = [os.path.relpath(step.source, config_mod.PROJECT_DIR) for step in steps]
         identity = {
             "market": record["market"],
             "period": record["period"],
@@ -359,6 +360,7 @@ def execute(
                     "kernel": record["config"]["execution"].get("kernel", "reuse"),
                     # Relative: a worker finds the notebook in its own copy of the project.
                     "source": os.path.relpath(planned[name].source, config_mod.PROJECT_DIR),
+                    "sources": sources,
                     "identity": identity,
                     "upstream": {u: outputs[u] for u in upstream_of[name]},
                 }
