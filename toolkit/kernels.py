@@ -63,7 +63,6 @@ ENGINE_NAME = "toolkit-reuse"
 MAX_IDLE = 2
 WARM_UP_TIMEOUT = 300  # seconds for a prestarted kernel to boot and import its modules
 IOPUB_GRACE = 5  # seconds after the warm-up's reply for its "idle" status to arrive
-SPARE_CLAIM_TIMEOUT = 60  # seconds for a spare to finish its imports and answer its claim
 _CLAIM = {"fresh": "__import__('toolkit.spare_kernels').spare_kernels.claim()"}
 
 
@@ -84,7 +83,8 @@ class _Kernel:
     spare_modules: list[str] = field(default_factory=list)
 
     def finish_warm_up(self) -> bool:
-        """Wait for the prestart's imports; False if the kernel never answered.
+        """Wait for the prestart's imports (or a spare's answer to its claim); False if the
+        kernel never answered, or a spare refused (a module it imported changed on disk).
 
         The prestart's client is kept for the notebooks when the kernel's "idle" status
         for the imports reached it too: its IOPub channel is then known to be connected.
@@ -95,7 +95,8 @@ class _Kernel:
         self.warm_up = None
         deadline = time.monotonic() + WARM_UP_TIMEOUT
         try:
-            if _wait_for(client.get_shell_msg, _reply_to(msg_id), deadline, self.alive) is None:
+            reply = _wait_for(client.get_shell_msg, _reply_to(msg_id), deadline, self.alive)
+            if reply is None or not _claim_granted(reply):
                 return False
             idle_seen = _wait_for(
                 client.get_iopub_msg,
@@ -183,6 +184,8 @@ class _Pool:
                     break
             else:
                 kernel = None
+        if kernel is None:
+            kernel = _adopt_spare(key, kernel_name)
         if kernel is not None and kernel.finish_warm_up() and kernel.alive():
             if kernel.spare_modules:
                 spare_kernels.spawn(kernel_name, kernel.spare_modules, _socket_dir())
@@ -190,9 +193,6 @@ class _Pool:
             return kernel
         if kernel is not None:
             kernel.kill()
-        adopted = _adopt_spare(key, kernel_name)
-        if adopted is not None:
-            return adopted
         return _Kernel(key, kernel_name, thread, new_manager(), dict(os.environ))
 
     def has(self, key: str, kernel_name: str) -> bool:
@@ -294,7 +294,7 @@ def _modules_of(sources: Sequence[str | Path]) -> list[str]:
 
 
 def _adopt_spare(key: str, kernel_name: str) -> _Kernel | None:
-    """A spare kernel claimed for run ``key``, connected and checked; None if none fits."""
+    """A spare kernel claimed for run ``key`` (checked by ``finish_warm_up``), or None."""
     while (info := spare_kernels.claim_next(kernel_name)) is not None:
         kernel = _connect_spare(key, kernel_name, info)
         if kernel is not None:
@@ -303,6 +303,8 @@ def _adopt_spare(key: str, kernel_name: str) -> _Kernel | None:
 
 
 def _connect_spare(key: str, kernel_name: str, info: dict) -> _Kernel | None:
+    """Connect to a claimed spare and send it the claim, whose answer ``finish_warm_up``
+    reads: meanwhile this process goes on (a spare may still be importing)."""
     from jupyter_client import AsyncKernelManager
     from jupyter_client.provisioning import LocalProvisioner
 
@@ -314,7 +316,6 @@ def _connect_spare(key: str, kernel_name: str, info: dict) -> _Kernel | None:
         connection_file=str(folder / "kernel.json"),
     )
     kernel = _Kernel(key, kernel_name, threading.get_ident(), manager, dict(os.environ))
-    client = None
     try:
         manager.load_connection_file()
         process = spare_kernels.ForeignProcess(int(info["pid"]))
@@ -328,26 +329,18 @@ def _connect_spare(key: str, kernel_name: str, info: dict) -> _Kernel | None:
         msg_id = client.execute(
             "", silent=True, store_history=False, allow_stdin=False, user_expressions=_CLAIM
         )
-        deadline = time.monotonic() + SPARE_CLAIM_TIMEOUT
-        reply = _wait_for(client.get_shell_msg, _reply_to(msg_id), deadline, kernel.alive)
-        fresh = (reply or {}).get("content", {}).get("user_expressions", {}).get("fresh", {})
-        if fresh.get("data", {}).get("text/plain") != "True":
-            # No answer, an error, or modules changed on disk since the spare loaded them.
-            client.stop_channels()
-            spare_kernels.discard(info, kill=reply is not None)
-            return None
-        grace = min(deadline, time.monotonic() + IOPUB_GRACE)
-        if _wait_for(client.get_iopub_msg, _idle_after(msg_id), grace, kernel.alive):
-            kernel.client, client = client, None
-        return kernel
     except Exception as exc:  # noqa: BLE001 - only a head start: start a kernel instead
         _log.warning("could not adopt the spare kernel %s: %s", info.get("pid"), exc)
-        spare_kernels.discard(info, kill=kernel.alive())
+        spare_kernels.discard(info, kill=False)
         return None
-    finally:
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.stop_channels()
+    kernel.warm_up = (client, msg_id)
+    return kernel
+
+
+def _claim_granted(reply: dict) -> bool:
+    """A spare's claim reply says "True" (a prestart's warm-up reply has no claim)."""
+    answers = reply.get("content", {}).get("user_expressions") or {}
+    return "fresh" not in answers or answers["fresh"].get("data", {}).get("text/plain") == "True"
 
 
 def imported_modules(source: str) -> list[str]:

@@ -84,3 +84,44 @@ def test_results_table_and_plot_are_written(tmp_path):
     assert "s3 \\| local" in text  # a pipe in a cell does not break the table
     assert "pending" in text
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+# A stand-in for a spare kernel an earlier run left: it holds ~100 MB and has used CPU.
+SPARE = """
+import sys, time
+held = bytearray(100 * 2**20)
+end = time.process_time() + 0.3
+while time.process_time() < end:
+    pass
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_an_adopted_spare_kernel_counts_as_the_commands_own(tmp_path):
+    import subprocess
+
+    def spare():
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SPARE, "/tmp/toolkit-spare-test/kernel.json"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout.readline().strip() == "ready"
+        return proc
+
+    adopted, bystander = spare(), spare()
+    try:
+        code = (
+            "import os, signal, time; time.sleep(0.5); "
+            f"os.kill({adopted.pid}, signal.SIGKILL); time.sleep(0.2)"
+        )
+        sample = measure("adopts", [sys.executable, "-c", code], {}, tmp_path, tmp_path / "a")
+        adopted.wait()
+    finally:
+        for proc in (adopted, bystander):
+            proc.kill()
+            proc.wait()
+    assert 100 * 2**20 <= sample.tree_rss_peak < 190 * 2**20  # the adopted one only
+    assert sample.max_rss >= 100 * 2**20
+    assert sample.cpu >= 0.3

@@ -132,7 +132,10 @@ def test_a_spare_whose_modules_changed_on_disk_is_killed_not_adopted(
     _wait_until_warm(info)
     probe.write_text("VALUE = 2  # edited by a data scientist\n")
 
-    assert kernels._adopt_spare("run-1", "python3") is None
+    nb = _run(tmp_path, "run-1", "import os, spare_probe; print(os.getpid(), spare_probe.VALUE)")
+    pid, value = _text(nb, 0).split()
+    assert (int(pid), value) != (info["pid"], "1")
+    assert value == "2", "the notebook ran the old code"
     assert _gone(info["pid"])
     assert not Path(info["folder"]).exists()
 
