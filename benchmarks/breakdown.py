@@ -106,6 +106,9 @@ print(json.dumps({
         and "dask.dataframe" in sys.modules
     ),
     "dont_write_bytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE")),
+    # A run leaves a warmed-up kernel for the next (toolkit.spare_kernels).
+    "spare_kernels": importlib.util.find_spec("toolkit.spare_kernels") is not None
+    and os.environ.get("TOOLKIT_SPARE_KERNEL_MINUTES", "").strip() != "0",
 }))
 """
 

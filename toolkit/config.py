@@ -17,7 +17,9 @@ remembers the layer that set it.
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -281,6 +283,14 @@ def load_yaml_text(text: str, source: str) -> Any:
     """Parse YAML safely; errors name the source, line and column."""
     if len(text.encode()) > MAX_CONFIG_BYTES:
         raise ConfigError([Problem(source, "", f"file is larger than {MAX_CONFIG_BYTES} bytes")])
+    # A copy: callers may change what they get, and the parsed text is kept.
+    return copy.deepcopy(_parsed_yaml(text, source))
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_yaml(text: str, source: str) -> Any:
+    # A run resolves its config once per step (dotted_path params) from the same few
+    # files; the pure-Python loader parsing them again each time was a tenth of a no-op run.
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
     except yaml.MarkedYAMLError as exc:
