@@ -8,8 +8,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from toolkit import reports
+
 # statsmodels (~2 s to import) is imported where a model is fitted, so reading results
-# (summarize_backtest, the summary `toolkit run` prints) does not pay for it.
+# (summarize_backtest) does not pay for it.
 
 __all__ = [
     "ELASTICITY_BOUNDS",
@@ -207,7 +209,7 @@ def backtest(
                 "n_weeks": holdout_weeks,
             }
         )
-    columns = ["product_id", "model_mae", "naive_mae", "model_wape", "naive_wape", "n_weeks"]
+    columns = list(reports.BACKTEST_COLUMNS)
     return pd.DataFrame(rows, columns=columns).astype({"n_weeks": "int64"})
 
 
@@ -229,28 +231,12 @@ def summarize_backtest(accuracy: pd.DataFrame) -> dict:
     Raises:
         ValueError: If accuracy is empty or lacks a backtest column.
     """
-    needed = ["product_id", "model_mae", "naive_mae", "model_wape", "naive_wape", "n_weeks"]
-    missing = [column for column in needed if column not in accuracy.columns]
+    missing = [column for column in reports.BACKTEST_COLUMNS if column not in accuracy.columns]
     if missing:
         raise ValueError(f"accuracy lacks backtest columns: {missing}")
     if accuracy.empty:
         raise ValueError("accuracy has no products to summarize")
-    model_error = accuracy["model_mae"] * accuracy["n_weeks"]
-    naive_error = accuracy["naive_mae"] * accuracy["n_weeks"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        units = model_error / accuracy["model_wape"]
-        units = units.where(np.isfinite(units), naive_error / accuracy["naive_wape"])
-    # What is still unknown sold nothing (NaN WAPE) or was forecast perfectly by both
-    # methods; either way it adds no error.
-    total_units = float(units.where(np.isfinite(units), 0.0).sum())
-    model_wape = _wape(float(model_error.sum()), total_units)
-    naive_wape = _wape(float(naive_error.sum()), total_units)
-    return {
-        "model_wape": model_wape,
-        "naive_wape": naive_wape,
-        "improvement": 1.0 - model_wape / naive_wape if naive_wape > 0 else float("nan"),
-        "n_products": len(accuracy),
-    }
+    return reports.pooled_backtest(accuracy)
 
 
 def _check_columns(weekly: pd.DataFrame) -> None:

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from toolkit import storage
 
-__all__ = ["config_differences", "diff_runs", "diff_text", "kpis", "run_log"]
+__all__ = [
+    "BACKTEST_COLUMNS",
+    "config_differences",
+    "diff_runs",
+    "diff_text",
+    "kpis",
+    "pooled_backtest",
+    "run_log",
+]
+
+BACKTEST_COLUMNS = ("product_id", "model_mae", "naive_mae", "model_wape", "naive_wape", "n_weeks")
 
 
 def kpis(record: dict[str, Any]) -> dict[str, Any] | None:
@@ -19,6 +30,48 @@ def kpis(record: dict[str, Any]) -> dict[str, Any] | None:
         return json.loads(storage.read_bytes(url))
     except (FileNotFoundError, ValueError):
         return None
+
+
+def pooled_backtest(accuracy: Mapping[str, Any]) -> dict:
+    """Pools per-product backtest accuracy into unit-weighted totals.
+
+    Each product's holdout units are recovered as mae * n_weeks / wape (from either
+    method's WAPE), so the pooled WAPE is total absolute error over total units, as if all
+    products were one series.
+
+    Args:
+        accuracy: The ``BACKTEST_COLUMNS`` of a backtest, as equal-length arrays (a
+            DataFrame's or an Arrow table's columns): no pandas needed to read a summary.
+
+    Returns:
+        model_wape and naive_wape (NaN if nothing sold), improvement (1 - model_wape /
+        naive_wape, NaN when the baseline is perfect) and n_products.
+    """
+    import numpy as np
+
+    def column(name: str):
+        return np.asarray(accuracy[name], dtype=float)
+
+    model_error = column("model_mae") * column("n_weeks")
+    naive_error = column("naive_mae") * column("n_weeks")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        units = model_error / column("model_wape")
+        units = np.where(np.isfinite(units), units, naive_error / column("naive_wape"))
+    # What is still unknown sold nothing (NaN WAPE) or was forecast perfectly by both
+    # methods; either way it adds no error.
+    total_units = float(np.where(np.isfinite(units), units, 0.0).sum())
+    model_wape = _share(float(model_error.sum()), total_units)
+    naive_wape = _share(float(naive_error.sum()), total_units)
+    return {
+        "model_wape": model_wape,
+        "naive_wape": naive_wape,
+        "improvement": 1.0 - model_wape / naive_wape if naive_wape > 0 else float("nan"),
+        "n_products": len(accuracy["product_id"]),
+    }
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else float("nan")
 
 
 def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -13,7 +13,7 @@ import os
 import socket
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -482,6 +482,15 @@ def _report_text(report: dict[str, Any]) -> str:
     return str(io.ValidationReport(**fields))
 
 
+def _read_table(url: str, columns: Sequence[str]):
+    """Columns of a published Parquet table, as an Arrow table."""
+    import pyarrow.parquet as pq
+
+    with storage.open_url(str(url), "rb") as fh:
+        # Not pq.read_table: its dataset layer imports pandas.
+        return pq.ParquetFile(fh).read(columns=list(columns))
+
+
 def describe(record: dict[str, Any]) -> str:
     """Where a finished run's outputs are, step by step."""
     lines = [
@@ -498,45 +507,64 @@ def describe(record: dict[str, Any]) -> str:
 
 
 def _import_summary_modules() -> None:
-    from toolkit import forecasting, io  # noqa: F401 - what ``summary`` reads tables with
+    import numpy  # noqa: F401 - what ``summary`` reads tables with
+    import pyarrow.parquet  # noqa: F401
+
+
+# What the summary shows of a plan: columns, and how each row of changes reads.
+_SUMMARY_COLUMNS = (
+    "product_id",
+    "category",
+    "current_price",
+    "new_price",
+    "price_change",
+    "expected_margin",
+    "baseline_margin",
+    "changed",
+)
+_SUMMARY_HEADERS = ("product", "category", "price", "new price", "change", "margin delta")
+
+
+def _summary_row(change: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        str(change["product_id"]),
+        str(change["category"]),
+        f"{change['current_price']:,.2f}",
+        f"{change['new_price']:,.2f}",
+        f"{change['price_change'] * 100:+.0f}%",
+        f"{change['expected_margin'] - change['baseline_margin']:+,.0f}",
+    )
 
 
 def summary(record: dict[str, Any], top: int = 10) -> str:
-    """Top recommended changes, forecast error vs seasonal naive, where outputs are."""
-    import pandas as pd
+    """Top recommended changes, forecast error vs seasonal naive, where outputs are.
 
-    from toolkit import forecasting, io
+    Read with Arrow, not pandas: a cached run is mostly this summary, and importing
+    pandas would be half its time. Published outputs passed their contracts when
+    written; re-checking them only to print a summary would import pandera too.
+    """
+    from toolkit import reports
 
     steps = record["steps"]
-    # Published outputs passed their contracts when written; re-checking them only to
-    # print a summary would import pandera (a second or two) into every run.
-    plan = io.read_unchecked(steps["optimize"]["outputs"]["data"])
+    plan = _read_table(steps["optimize"]["outputs"]["data"], _SUMMARY_COLUMNS)
     kpis = json.loads(storage.read_bytes(steps["optimize"]["outputs"]["kpis"]))
-    accuracy = io.read_unchecked(steps["forecast"]["outputs"]["accuracy"])
-    backtest = forecasting.summarize_backtest(accuracy)
-    changes = plan[plan["changed"]].head(top)
+    accuracy = _read_table(steps["forecast"]["outputs"]["accuracy"], reports.BACKTEST_COLUMNS)
+    # Plain lists: converting Arrow columns to NumPy arrays would import pandas.
+    backtest = reports.pooled_backtest(accuracy.to_pydict())
+    changes = plan.filter(plan["changed"]).slice(0, top).to_pylist()
     lines = [
         f"Recommendations for {record['market']} {record['period']} "
         f"({kpis['n_changes']} price changes; revenue {kpis['revenue_change_pct']:+.1f}%, "
         f"margin {kpis['margin_change_pct']:+.1f}%, volume {kpis['volume_change_pct']:+.1f}%)",
         "",
     ]
-    if changes.empty:
+    if not changes:
         lines.append("  no price changes recommended under these constraints")
     else:
-        table = pd.DataFrame(
-            {
-                "product": changes["product_id"],
-                "category": changes["category"],
-                "price": changes["current_price"].map("{:,.2f}".format),
-                "new price": changes["new_price"].map("{:,.2f}".format),
-                "change": (changes["price_change"] * 100).map("{:+.0f}%".format),
-                "margin delta": (changes["expected_margin"] - changes["baseline_margin"]).map(
-                    "{:+,.0f}".format
-                ),
-            }
-        )
-        lines += ["  " + row for row in table.to_string(index=False).splitlines()]
+        rows = [_SUMMARY_HEADERS] + [_summary_row(change) for change in changes]
+        widths = [max(len(value) for value in column) for column in zip(*rows, strict=True)]
+        for row in rows:  # right-aligned, as pandas prints a table
+            lines.append("  " + " ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
     lines += [
         "",
         f"Forecast backtest WAPE: model {backtest['model_wape']:.1%} vs seasonal naive "

@@ -215,8 +215,9 @@ def test_reader_sees_a_run_finished_by_another_process(baseline):
     assert new not in before and after[new]["status"] == "succeeded"
 
 
-def test_a_fully_cached_run_never_imports_ploomber(baseline):
-    """Planning reads pipeline.yaml itself; Ploomber (seconds to import) only runs steps."""
+def test_a_fully_cached_run_imports_neither_ploomber_nor_pandas(baseline):
+    """Planning reads pipeline.yaml itself; Ploomber (seconds to import) only runs steps,
+    and the summary reads its tables with Arrow."""
     root, first = baseline
     script = (
         "import sys\n"
@@ -224,6 +225,7 @@ def test_a_fully_cached_run_never_imports_ploomber(baseline):
         "main(['run'], standalone_mode=False)\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'ploomber')\n"
         "print('ploomber modules:', loaded)\n"
+        "print('pandas loaded:', 'pandas' in sys.modules)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script],
@@ -236,6 +238,75 @@ def test_a_fully_cached_run_never_imports_ploomber(baseline):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count(f": reused from run {first}") == 5  # every step cached
     assert "ploomber modules: []" in result.stdout, result.stdout[-3000:]
+    assert "pandas loaded: False" in result.stdout
+    assert "Forecast backtest WAPE: model " in result.stdout
+
+
+def test_the_summary_prints_the_plan_as_pandas_would(tmp_path, local_root):
+    from toolkit import forecasting, runner
+
+    plan = pd.DataFrame(
+        {
+            "product_id": ["P1", "P22", "P333"],
+            "category": ["toys", "grocery", "electronics"],
+            "current_price": [1234.5, 2.8, 19.4],
+            "new_price": [987.6, 2.24, 19.4],
+            "price_change": [-0.2, -0.2, 0.0],
+            "expected_margin": [5000.0, 100.0, 50.0],
+            "baseline_margin": [1750.5, 777.0, 50.0],
+            "changed": [True, True, False],
+        }
+    )
+    accuracy = pd.DataFrame(
+        {
+            "product_id": ["P1", "P22"],
+            "model_mae": [2.0, 1.0],
+            "naive_mae": [3.0, float("nan")],
+            "model_wape": [0.2, float("nan")],
+            "naive_wape": [0.3, 0.5],
+            "n_weeks": [12, 12],
+        }
+    )
+    urls = {name: f"{local_root}/{name}" for name in ("plan", "accuracy", "kpis")}
+    plan.to_parquet(urls["plan"])
+    accuracy.to_parquet(urls["accuracy"])
+    kpis = {"n_changes": 2, "revenue_change_pct": 1.0}
+    storage.write_bytes(
+        urls["kpis"],
+        json.dumps(kpis | {"margin_change_pct": 2.0, "volume_change_pct": 3.0}).encode(),
+    )
+    record = {
+        "id": "r",
+        "status": "succeeded",
+        "market": "US",
+        "period": "2026-11",
+        "steps": {
+            "optimize": {"outputs": {"data": urls["plan"], "kpis": urls["kpis"]}},
+            "forecast": {"outputs": {"accuracy": urls["accuracy"]}},
+        },
+    }
+
+    text = runner.summary(record)
+
+    changes = plan[plan["changed"]]
+    expected = pd.DataFrame(
+        {
+            "product": changes["product_id"],
+            "category": changes["category"],
+            "price": changes["current_price"].map("{:,.2f}".format),
+            "new price": changes["new_price"].map("{:,.2f}".format),
+            "change": (changes["price_change"] * 100).map("{:+.0f}%".format),
+            "margin delta": (changes["expected_margin"] - changes["baseline_margin"]).map(
+                "{:+,.0f}".format
+            ),
+        }
+    ).to_string(index=False)
+    assert ["  " + line for line in expected.splitlines()] == text.splitlines()[2:5]
+    pooled = forecasting.summarize_backtest(accuracy)
+    assert (
+        f"Forecast backtest WAPE: model {pooled['model_wape']:.1%} vs seasonal naive "
+        f"{pooled['naive_wape']:.1%} (2 products)"
+    ) in text
 
 
 def test_corrupt_manifest_reruns_the_step_and_corrupt_record_is_reported(baseline):
