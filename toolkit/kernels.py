@@ -63,7 +63,6 @@ ENGINE_NAME = "toolkit-reuse"
 MAX_IDLE = 2
 WARM_UP_TIMEOUT = 300  # seconds for a prestarted kernel to boot and import its modules
 IOPUB_GRACE = 5  # seconds after the warm-up's reply for its "idle" status to arrive
-_CLAIM = {"fresh": "__import__('toolkit.spare_kernels').spare_kernels.claim()"}
 
 
 @dataclass(eq=False)
@@ -327,7 +326,13 @@ def _connect_spare(key: str, kernel_name: str, info: dict) -> _Kernel | None:
         client.allow_stdin = False  # as nbclient sets its own clients
         client.start_channels()
         msg_id = client.execute(
-            "", silent=True, store_history=False, allow_stdin=False, user_expressions=_CLAIM
+            "",
+            silent=True,
+            store_history=False,
+            allow_stdin=False,
+            user_expressions={
+                "fresh": f"__import__('toolkit.spare_kernels').spare_kernels.claim({os.getpid()})"
+            },
         )
     except Exception as exc:  # noqa: BLE001 - only a head start: start a kernel instead
         _log.warning("could not adopt the spare kernel %s: %s", info.get("pid"), exc)

@@ -15,7 +15,8 @@ Rules that keep a spare from changing a result:
   it like any reused kernel (namespace, working directory, environment variables);
 * a spare with a module whose file changed since it imported it (someone edited
   ``toolkit/`` or upgraded a package) is killed, not adopted;
-* one process claims a spare by renaming its registry entry, which only one can do;
+* one process claims a spare by renaming its registry entry, which only one can do, and
+  the spare then exits with that process (a SIGKILLed run leaves no kernel behind);
 * an unclaimed spare exits by itself after ``TOOLKIT_SPARE_KERNEL_MINUTES`` (default
   10; ``0`` leaves no spare), removing its files;
 * the registry is a folder of the user's own (mode 0700) in the temp folder; it holds
@@ -59,8 +60,9 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_MINUTES = 10.0
 MINUTES_VARIABLE = "TOOLKIT_SPARE_KERNEL_MINUTES"
-# Set by shells per command or per directory change; no library reads them at import.
-_VOLATILE = frozenset({"_", "OLDPWD", "SHLVL"})
+# Set by shells per command, directory change or terminal resize; no library reads them
+# at import.
+_VOLATILE = frozenset({"_", "OLDPWD", "SHLVL", "COLUMNS", "LINES"})
 _FOLDER_PREFIX = "toolkit-spare-"
 
 _enabled = False
@@ -276,6 +278,22 @@ def _running(pid: int) -> bool:
     return stat_line.rpartition(")")[2].split()[:1] != ["Z"]
 
 
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (its identity, as pids are reused); None if gone."""
+    if not _running(pid):
+        return None
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return "unknown"  # no /proc: the pid alone
+
+
+def _exit_with(pid: int, started: str | None) -> None:
+    while started is not None and _started(pid) == started:
+        time.sleep(1)
+    os._exit(0)
+
+
 # -- In the spare kernel ---------------------------------------------------------------
 
 EXPIRY_THREAD = "toolkit-spare-expiry"
@@ -335,12 +353,16 @@ def note_imported_files() -> None:
                 _imported_files[path] = (found.st_mtime_ns, found.st_size)
 
 
-def claim() -> bool:
-    """The adopting run's first request: stop the expiry; False if any module imported
-    during the warm-up changed on disk since (the spare would run old code)."""
+def claim(adopter: int) -> bool:
+    """The adopting process's first request: stop the expiry and exit with the adopter
+    instead (a spare has no parent to watch, as a kernel started by its run does); False
+    if any module imported during the warm-up changed on disk since (old code)."""
     for thread in threading.enumerate():
         if thread.name == EXPIRY_THREAD:
             thread.cancel()  # a threading.Timer
+    threading.Thread(
+        target=_exit_with, args=(adopter, _started(adopter)), daemon=True, name="toolkit-adopter"
+    ).start()
     if not _imported_files:  # the warm-up did not get to its end
         return False
     for path, (mtime, size) in _imported_files.items():

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -138,6 +139,41 @@ def test_a_spare_whose_modules_changed_on_disk_is_killed_not_adopted(
     assert value == "2", "the notebook ran the old code"
     assert _gone(info["pid"])
     assert not Path(info["folder"]).exists()
+
+
+def test_an_adopted_spare_dies_with_the_process_that_adopted_it(tmp_path, monkeypatch):
+    """A kernel a run starts watches the run (its parent); an adopted spare watches the
+    process that claimed it: a SIGKILLed run leaves no kernel behind."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the registry of this test and its child
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setenv(spare_kernels.MINUTES_VARIABLE, "2")
+    monkeypatch.setattr(spare_kernels, "_spawned", False)
+    spare_kernels.enable()
+    try:
+        info = _spawn()
+        adopter = (
+            "import os, signal\n"
+            "from toolkit import kernels\n"
+            "kernel = kernels._adopt_spare('run-1', 'python3')\n"
+            "assert kernel is not None, 'no spare'\n"
+            "assert kernel.finish_warm_up(), 'refused'\n"
+            "print(kernel.manager.provisioner.pid, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", adopter],
+            env=dict(os.environ),  # as seen here (a library may have set more in C's environ)
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == -9, result.stderr[-2000:]
+        assert int(result.stdout) == info["pid"]
+        assert _gone(info["pid"], timeout=30), "the spare outlived the run that adopted it"
+    finally:
+        monkeypatch.setattr(spare_kernels, "_enabled", False)
+        for entry in spare_kernels.registry_folder().glob("*.json"):
+            spare_kernels.discard(json.loads(entry.read_text()), kill=True)
 
 
 def test_an_unclaimed_spare_exits_by_itself_and_removes_its_files(registry, monkeypatch):
