@@ -18,7 +18,9 @@ Isolation rules, so that sharing a kernel cannot change a result:
   an interrupt or cancel) the kernel is killed, not reused: whatever the failure left
   behind (a hung cell, a half-set global) dies with it;
 * at most ``MAX_IDLE`` idle kernels are kept per process (oldest killed first), and
-  ``shutdown(key)`` kills a run's kernels when the run ends.
+  ``shutdown(key)`` kills a run's kernels when the run ends;
+* a run's first kernel may be a spare that an earlier run left (``toolkit.spare_kernels``):
+  it has only imported modules, and is reset before the first notebook like any other.
 
 ``execution.kernel: fresh`` in the config turns reuse off: papermill's own engine, one
 kernel per notebook.
