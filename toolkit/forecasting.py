@@ -204,8 +204,8 @@ def backtest(
                 "product_id": product_id,
                 "model_mae": model_error / holdout_weeks,
                 "naive_mae": naive_error / holdout_weeks,
-                "model_wape": _wape(model_error, actual.sum()),
-                "naive_wape": _wape(naive_error, actual.sum()),
+                "model_wape": reports.wape(model_error, actual.sum()),
+                "naive_wape": reports.wape(naive_error, actual.sum()),
                 "n_weeks": holdout_weeks,
             }
         )
@@ -375,10 +375,6 @@ def _forecast_series(series: pd.DataFrame, horizon: int, season_length: int) -> 
     future_seasonal = _fourier(t[-1] + np.arange(1, horizon + 1), season_length)
     log_forecast = smoother.forecast(horizon) + future_seasonal.to_numpy() @ seasonal_coef
     return np.clip(np.expm1(log_forecast), 0.0, None)
-
-
-def _wape(abs_error: float, actual: float) -> float:
-    return float(abs_error / actual) if actual > 0 else float("nan")
 
 
 def forecast_frame(

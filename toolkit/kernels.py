@@ -259,7 +259,8 @@ def prestart(
     """
     if _POOL.has(key, kernel_name):
         return
-    spare_modules = _modules_of(spare_sources)
+    # Read only where a spare is still to be left (not on Dask workers, say).
+    spare_modules = _modules_of(spare_sources) if spare_kernels.will_spawn() else []
     adopted = _adopt_spare(key, kernel_name)
     if adopted is not None:
         _POOL.release(adopted, reusable=True)

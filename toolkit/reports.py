@@ -16,6 +16,7 @@ __all__ = [
     "kpis",
     "pooled_backtest",
     "run_log",
+    "wape",
 ]
 
 BACKTEST_COLUMNS = ("product_id", "model_mae", "naive_mae", "model_wape", "naive_wape", "n_weeks")
@@ -60,8 +61,8 @@ def pooled_backtest(accuracy: Mapping[str, Any]) -> dict:
     # What is still unknown sold nothing (NaN WAPE) or was forecast perfectly by both
     # methods; either way it adds no error.
     total_units = float(np.where(np.isfinite(units), units, 0.0).sum())
-    model_wape = _share(float(model_error.sum()), total_units)
-    naive_wape = _share(float(naive_error.sum()), total_units)
+    model_wape = wape(float(model_error.sum()), total_units)
+    naive_wape = wape(float(naive_error.sum()), total_units)
     return {
         "model_wape": model_wape,
         "naive_wape": naive_wape,
@@ -70,8 +71,10 @@ def pooled_backtest(accuracy: Mapping[str, Any]) -> dict:
     }
 
 
-def _share(part: float, whole: float) -> float:
-    return part / whole if whole > 0 else float("nan")
+def wape(abs_error: float, actual: float) -> float:
+    """Weighted absolute percentage error: total absolute error over total actual units
+    (NaN when nothing sold)."""
+    return float(abs_error / actual) if actual > 0 else float("nan")
 
 
 def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -54,6 +54,7 @@ __all__ = [
     "note_imported_files",
     "registry_folder",
     "spawn",
+    "will_spawn",
 ]
 
 _log = logging.getLogger(__name__)
@@ -103,6 +104,11 @@ def enable() -> None:
     _enabled = minutes() > 0 and os.name == "posix"
 
 
+def will_spawn() -> bool:
+    """Whether this process is still to leave a spare (enabled, none left yet)."""
+    return _enabled and not _spawned
+
+
 def fingerprint(kernel_name: str) -> str:
     """What a kernel started by this process now would inherit, as a short hash."""
     from toolkit.config import PROJECT_DIR
@@ -121,7 +127,7 @@ def spawn(kernel_name: str, modules: list[str], socket_dir: str | None) -> None:
         socket_dir: Where its private folder goes (Unix socket paths must stay short).
     """
     global _spawned
-    if not _enabled or _spawned:
+    if not will_spawn():
         return
     _spawned = True
     registry = _registry()
