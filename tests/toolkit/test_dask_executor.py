@@ -119,6 +119,11 @@ def listening_addresses(pids):
     return found
 
 
+def _tick_ms(dask_worker=None, dask_scheduler=None) -> float:
+    server = dask_worker or dask_scheduler
+    return server.periodic_callbacks["tick"].callback_time
+
+
 def test_local_cluster_is_private_and_a_lost_worker_is_retried(tmp_path):
     import psutil
 
@@ -141,6 +146,14 @@ def test_local_cluster_is_private_and_a_lost_worker_is_retried(tmp_path):
         launcher = {name: os.environ.get(name) for name in names}
         workers = executor.client.run(lambda: {name: os.environ.get(name) for name in names})
         assert all(env == launcher for env in workers.values()), workers
+        # Housekeeping timers run 50x rarer than Dask's 20 ms tick (their CPU is the
+        # kernels'), in the scheduler and every worker; no work stealing.
+        ticks = executor.client.run(lambda dask_worker: _tick_ms(dask_worker))
+        ticks["scheduler"] = executor.client.run_on_scheduler(_tick_ms)
+        assert set(ticks.values()) == {1000}, ticks
+        assert not executor.client.run_on_scheduler(
+            lambda dask_scheduler: "stealing" in dask_scheduler.extensions
+        )
         folders = executor.client.run(lambda dask_worker: dask_worker.local_directory)
         assert len(set(folders.values())) == 2
         base = executor._tmp
