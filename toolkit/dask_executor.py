@@ -231,10 +231,13 @@ class DaskExecutor:
         settings = {
             # Worker deaths a task survives: ``retries`` is the one knob for both retries.
             "distributed.scheduler.allowed-failures": self.retries,
-            # Dask would pin OpenMP/BLAS threads in its workers; ``execute_step`` sets
-            # the same thread counts for every kernel, serial or not, unless exported.
-            # Keep only Dask's malloc setting: workers inherit our environment.
-            "distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 65536},
+            # Workers, and the kernels they start, get our environment as it is, so a
+            # step computes as in a serial run. Dask would pin OpenMP/BLAS threads
+            # (``execute_step`` sets the same counts for every kernel, unless exported)
+            # and set MALLOC_TRIM_THRESHOLD_, which turns off glibc's adaptive mmap
+            # threshold: it is for long-lived workers holding data, and the data here
+            # lives in kernels that die with their run.
+            "distributed.nanny.pre-spawn-environ": {},
             # The statistical profiler samples the worker's threads every 10 ms; they only
             # wait on a kernel, so it would profile waiting, with the kernels' cores.
             "distributed.worker.profile.enabled": False,

@@ -141,8 +141,14 @@ def test_local_cluster_is_private_and_a_lost_worker_is_retried(tmp_path):
         assert executor.cluster is not None and executor.address.startswith("tcp://127.0.0.1:")
         ours = [os.getpid()] + [p.pid for p in psutil.Process().children(recursive=True)]
         assert set(listening_addresses(ours)) <= {"127.0.0.1"}  # moto's server, too
-        # Workers compute like serial runs: no BLAS/OpenMP thread pinning of their own.
-        names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+        # Workers compute like serial runs: no BLAS/OpenMP thread pinning or malloc
+        # tuning of their own.
+        names = (
+            "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS",
+            "OPENBLAS_NUM_THREADS",
+            "MALLOC_TRIM_THRESHOLD_",
+        )
         launcher = {name: os.environ.get(name) for name in names}
         workers = executor.client.run(lambda: {name: os.environ.get(name) for name in names})
         assert all(env == launcher for env in workers.values()), workers
