@@ -200,7 +200,7 @@ def findings(rows: list[Row], data: dict) -> list[str]:
         else:
             out.append(
                 f"* Dask meets its target ({row.value}): {used}. The private cluster's "
-                "housekeeping timers run 5 to 50 times rarer than Dask's defaults (its "
+                "housekeeping timers run 10 to 50 times rarer than Dask's defaults (its "
                 "20 ms event-loop tick above all): on two cores their CPU came out of the "
                 f"kernels'. What is still lost: {lost}"
             )

@@ -241,7 +241,7 @@ class DaskExecutor:
             # The statistical profiler samples the worker's threads every 10 ms; they only
             # wait on a kernel, so it would profile waiting, with the kernels' cores.
             "distributed.worker.profile.enabled": False,
-            # Housekeeping timers, made 5-10x rarer: by default the scheduler, nannies
+            # Housekeeping timers, made 10 to 50 times rarer: by default the scheduler, nannies
             # and workers wake up every 20 to 500 ms to time their event loops, sample
             # their memory and system load and steal work. Their CPU (about 0.08 of a
             # core for two workers) comes out of the kernels' share.
