@@ -288,7 +288,10 @@ def execute(
         order = [step.name for step in steps]
         planned = {step.name: step for step in steps}
         upstream_of = {step.name: list(step.upstream) for step in steps}
-        sources = [os.path.relpath(step.source, config_mod.PROJECT_DIR) for step in steps]
+        # Relative: a worker finds the notebooks in its own copy of the project.
+        sources = {
+            step.name: os.path.relpath(step.source, config_mod.PROJECT_DIR) for step in steps
+        }
         identity = {
             "market": record["market"],
             "period": record["period"],
@@ -358,9 +361,8 @@ def execute(
                     "attempt": attempt,
                     "timeout": timeout,
                     "kernel": record["config"]["execution"].get("kernel", "reuse"),
-                    # Relative: a worker finds the notebook in its own copy of the project.
-                    "source": os.path.relpath(planned[name].source, config_mod.PROJECT_DIR),
-                    "sources": sources,
+                    "source": sources[name],
+                    "sources": list(sources.values()),
                     "identity": identity,
                     "upstream": {u: outputs[u] for u in upstream_of[name]},
                 }
