@@ -10,7 +10,7 @@ export PLOOMBER_STATS_ENABLED := false
 export PLOOMBER_VERSION_CHECK_DISABLED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo run test lint format clean app bench bench-quick
+.PHONY: help install demo run test test-fast lint format clean app bench bench-quick
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -35,7 +35,7 @@ demo: install ## Write the synthetic demo data, run the pipeline for the default
 	$(VENV)/bin/toolkit run
 
 app: install ## Serve the app on http://127.0.0.1:8501 (writes demo data if the store has none)
-	@if [ -z "$$($(PY) -c 'from toolkit import app_api, storage; print(*app_api.markets_with_data(storage.root()))')" ]; then \
+	@if [ -z "$$(cd app && ../$(PY) -c 'from logic import app_api; from toolkit.data import storage; print(*app_api.markets_with_data(storage.root()))')" ]; then \
 	  echo "The store has no sales data yet: writing the SYNTHETIC demo data."; \
 	  $(VENV)/bin/toolkit demo-data; \
 	fi
@@ -43,6 +43,9 @@ app: install ## Serve the app on http://127.0.0.1:8501 (writes demo data if the 
 
 test: install ## Run the test suite
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: install ## The quick loop: every test not marked slow (a few minutes)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
 bench: install ## Measure speed as ratios (long): benchmarks/results.md and results.png
 	$(PY) -m benchmarks $(BENCH_ARGS)

@@ -15,9 +15,12 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+from logic import access, app_api, browse, forms, launch
 
-from toolkit import access, app_api, browse, forms, launch, reports, runs, storage
 from toolkit import config as config_mod
+from toolkit.data import storage
+from toolkit.runs import reports
+from toolkit.runs import store as runs
 
 PAGES = {
     "launch": "views/launch.py",
@@ -217,7 +220,7 @@ def _categories(root: str, market: str, fingerprint: str) -> list[str]:
 
 def categories(root: str, market: str) -> list[str]:
     """Categories in a market's catalog; keyed by the file's fingerprint, so never stale."""
-    from toolkit import cache
+    from toolkit.runs import cache
 
     url = storage.raw_url(market, "catalog", root)
     try:

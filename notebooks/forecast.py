@@ -12,7 +12,8 @@ config = None  # config section forecast
 # %%
 from pathlib import Path
 
-from toolkit import forecasting, io, plots, schemas
+from toolkit.data import io, schemas
+from toolkit.pricing import forecasting, plots
 
 reports = str(Path(product["nb"]).parent)
 weekly = io.read(upstream["load_transform"]["data"], schemas.WeeklySales, report_dir=reports)

@@ -14,7 +14,8 @@ config = None  # config section output, plus run_id
 import json
 from pathlib import Path
 
-from toolkit import delivery, io, schemas
+from toolkit.data import io, schemas
+from toolkit.pricing import delivery
 
 reports = str(Path(product["nb"]).parent)
 plan = io.read(upstream["optimize"]["data"], schemas.Plan, report_dir=reports)

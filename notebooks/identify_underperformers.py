@@ -12,7 +12,8 @@ config = None  # config section underperformers
 # %%
 from pathlib import Path
 
-from toolkit import io, schemas, underperformers
+from toolkit.data import io, schemas
+from toolkit.pricing import underperformers
 
 reports = str(Path(product["nb"]).parent)
 weekly = io.read(upstream["load_transform"]["data"], schemas.WeeklySales, report_dir=reports)

@@ -12,7 +12,8 @@ config = None  # config section load_transform
 # %%
 from pathlib import Path
 
-from toolkit import io, schemas, storage, transform
+from toolkit.data import io, schemas, storage
+from toolkit.pricing import transform
 
 reports = str(Path(product["nb"]).parent)
 

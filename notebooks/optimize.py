@@ -12,7 +12,8 @@ config = None  # config section optimize: weights and constraints
 # %%
 from pathlib import Path
 
-from toolkit import io, optimizer, plots, schemas
+from toolkit.data import io, schemas
+from toolkit.pricing import optimizer, plots
 
 reports = str(Path(product["nb"]).parent)
 forecasts = io.read(upstream["forecast"]["data"], schemas.Forecasts, report_dir=reports)

@@ -13,7 +13,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 os.environ["PLOOMBER_STATS_ENABLED"] = "false"
 os.environ["PLOOMBER_VERSION_CHECK_DISABLED"] = "1"
-# No run leaves a kernel waiting for the next (toolkit.spare_kernels), unless a test says so.
+# No run leaves a kernel waiting for the next (toolkit.dag.spare_kernels), unless a test says so.
 os.environ["TOOLKIT_SPARE_KERNEL_MINUTES"] = "0"
 
 

@@ -11,7 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from toolkit import demo_data, io, schemas, storage
+from toolkit.data import io, schemas, storage
+from toolkit.pricing import demo_data
+
+pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves these out
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -96,7 +99,7 @@ def test_outputs_hold_their_contracts_and_the_norwegian_config(built):
 
 
 def test_forecast_beats_seasonal_naive(built):
-    from toolkit import forecasting
+    from toolkit.pricing import forecasting
 
     root, _ = built["ploomber"]
     accuracy = io.read(

@@ -6,8 +6,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 import ui
+from logic import app_api, browse
 
-from toolkit import app_api, browse, runs
+from toolkit.runs import store as runs
 
 ctx = ui.guard()  # sign-in and exposure checks, on every page
 tz = ui.timezone()

@@ -7,8 +7,8 @@ import contextlib
 import pandas as pd
 import streamlit as st
 import ui
+from logic import access, app_api, forms, launch
 
-from toolkit import access, app_api, forms, launch
 from toolkit import config as config_mod
 
 ALL = "(all categories)"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 import ui
+from logic import app_api
 
-from toolkit import app_api, runs
+from toolkit.runs import store as runs
 
 ctx = ui.guard()  # sign-in and exposure checks, on every page
 tz = ui.timezone()

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from toolkit import config as config_mod
-from toolkit import io, runs, schemas, storage
+from toolkit.data import io, schemas, storage
+from toolkit.runs import store as runs
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 APP_MAIN = PROJECT_DIR / "app" / "main.py"

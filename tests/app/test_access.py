@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from logic import access, forms, launch
 
-from toolkit import access, forms, launch, storage
 from toolkit import config as config_mod
+from toolkit import project
+from toolkit.data import storage
 
 US = forms.Identity("US", "2026-11")
 
 
 def test_the_project_settings_file_is_valid():
-    settings = access.load_settings(config_mod.PROJECT_DIR / "configs" / "app.yaml")
+    settings = access.load_settings(project.root() / "configs" / "app.yaml")
     assert isinstance(settings.launchers, list)
 
 

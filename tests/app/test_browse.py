@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from logic import browse
 
-from toolkit import browse, storage
+from toolkit.data import storage
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from apphelpers import PROJECT_DIR, wait_for_status
 
-from toolkit import demo_data, runs
+from toolkit.pricing import demo_data
+from toolkit.runs import store as runs
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = PROJECT_DIR / "test-artifacts"
@@ -31,11 +32,14 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="needs Debian's chromium at /usr/bin/chromium (CI's .ci/run installs it: "
-    "apt-get install chromium); Playwright never downloads a browser",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium at /usr/bin/chromium (CI's .ci/run installs it: "
+        "apt-get install chromium); Playwright never downloads a browser",
+    ),
+]
 
 
 def free_port() -> int:

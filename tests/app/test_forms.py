@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from logic import forms
 
 from toolkit import config as config_mod
-from toolkit import forms
 
 US = forms.Identity("US", "2026-11")
 

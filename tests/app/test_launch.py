@@ -11,9 +11,12 @@ import sys
 import time
 
 import pytest
+from logic import access, forms, launch
 
-from toolkit import access, forms, launch, runs, storage
 from toolkit import config as config_mod
+from toolkit import project
+from toolkit.data import storage
+from toolkit.runs import store as runs
 
 US = forms.Identity("US", "2026-11")
 LOCAL = access.Viewer.local_user()
@@ -31,7 +34,7 @@ def test_argv_is_a_list_with_each_patch_attached_to_its_option():
     assert argv[:6] == [
         sys.executable,
         "-m",
-        "toolkit.cli",
+        "toolkit.cli.commands",
         "run",
         "--run-id",
         "20261129-010203-US-2026-11-abcdef",
@@ -62,7 +65,8 @@ def test_argv_refuses_keys_outside_the_model_and_non_literals(patch):
 def test_hostile_identity_values_are_refused_and_nothing_runs(
     local_root, tmp_path, monkeypatch, hostile
 ):
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOOLKIT_PROJECT", str(project.root()))
+    monkeypatch.chdir(tmp_path)  # where a shell would have written `x`
     for identity in (
         forms.Identity(hostile, "2026-11"),
         forms.Identity("US", hostile),
@@ -81,7 +85,7 @@ def cli(patches, cwd):
     argv = launch.build_argv("run-1", patches)
     assert argv[3:6] == ["run", "--run-id", "run-1"]
     argv[3:6] = ["config", "show", "--json"]  # same interpreter, same patch arguments
-    env = dict(os.environ, PLOOMBER_STATS_ENABLED="false")
+    env = dict(os.environ, TOOLKIT_PROJECT=str(project.root()))
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 from apphelpers import APP_MAIN, XSS, make_run, new_app, texts
+from logic import forms
 
-from toolkit import forms, storage
+from toolkit.data import storage
 
 AUTH = {
     "redirect_uri": "http://localhost:8501/oauth2callback",

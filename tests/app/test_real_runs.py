@@ -12,7 +12,11 @@ import pytest
 from apphelpers import new_app, texts, wait_for_status
 from streamlit import config as st_config
 
-from toolkit import demo_data, runner, runs
+from toolkit.pricing import demo_data
+from toolkit.runs import runner
+from toolkit.runs import store as runs
+
+pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves these out
 
 
 @pytest.fixture(scope="module")

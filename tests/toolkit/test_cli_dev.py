@@ -12,7 +12,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from toolkit import cli_dev, contracts_doc, demo_data, io, schemas, storage
+from toolkit.cli import dev as cli_dev
+from toolkit.data import io, schemas, storage
+from toolkit.dev import contracts_doc
+from toolkit.pricing import demo_data
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -20,7 +23,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture
 def toolkit():
-    """Invoke the commands on a fresh group, as `toolkit.cli.main` registers them."""
+    """Invoke the commands on a fresh group, as `toolkit.cli.commands.main` registers them."""
 
     @click.group()
     def group() -> None:
@@ -106,7 +109,7 @@ def test_schemas_list_names_every_contract(toolkit):
 
 def test_schemas_docs_writes_and_checks(toolkit, tmp_path, monkeypatch):
     target = tmp_path / "docs" / "contracts.md"
-    monkeypatch.setattr(contracts_doc, "DOC_PATH", target)
+    monkeypatch.setattr(contracts_doc, "doc_path", lambda: target)
     stale = toolkit("schemas", "docs", "--check")
     assert stale.exit_code == 1
     assert "is out of date: run `toolkit schemas docs`" in stale.output
@@ -129,7 +132,7 @@ def test_schemas_docs_writes_and_checks(toolkit, tmp_path, monkeypatch):
 def test_new_step_refusals_exit_2_and_change_nothing(toolkit, name, after, message):
     before = {
         p: p.read_text()
-        for p in [PROJECT_DIR / "pipeline.yaml", PROJECT_DIR / "toolkit/schemas.py"]
+        for p in [PROJECT_DIR / "pipeline.yaml", PROJECT_DIR / "toolkit/data/schemas.py"]
     }
     result = toolkit("new-step", name, "--after", after)
     assert result.exit_code == 2
@@ -171,10 +174,10 @@ def test_dev_rejects_a_bad_patch(toolkit, local_root):
 
 
 def test_the_toolkit_console_script_has_the_commands(local_root):
-    from toolkit import cli
+    from toolkit.cli import commands as cli
 
     if "validate" not in cli.main.commands:
-        pytest.skip("toolkit/cli.py does not call cli_dev.register(main) yet")
+        pytest.skip("toolkit/cli/commands.py does not call cli_dev.register(main) yet")
     good, broken = write_good_and_broken(local_root)
     env = dict(os.environ, PLOOMBER_STATS_ENABLED="false", TOOLKIT_ROOT=local_root)
     ok = subprocess.run(

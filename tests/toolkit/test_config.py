@@ -157,7 +157,7 @@ def test_missing_config_url_is_named(project, tmp_path):
 
 
 def test_config_from_s3(project, s3_root):
-    from toolkit import storage
+    from toolkit.data import storage
 
     url = storage.join(s3_root, "configs/DE-2026-11.yaml")
     storage.write_bytes(url, b"optimize:\n  weights:\n    margin: 0.9\n")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from toolkit import contracts_doc, schemas
+from toolkit.data import schemas
+from toolkit.dev import contracts_doc
 
 
 def test_docs_contracts_md_is_up_to_date():
-    current = contracts_doc.DOC_PATH.read_text() if contracts_doc.DOC_PATH.exists() else ""
+    current = contracts_doc.doc_path().read_text() if contracts_doc.doc_path().exists() else ""
     assert current == contracts_doc.render(), (
-        "docs/contracts.md differs from toolkit/schemas.py: run `toolkit schemas docs`"
+        "docs/contracts.md differs from toolkit/data/schemas.py: run `toolkit schemas docs`"
     )
 
 

@@ -17,11 +17,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from toolkit import cache, demo_data, runs, storage
-from toolkit.dask_executor import DaskExecutor, DaskUnavailable, ProjectMismatch, StepLost
+from toolkit.data import storage
+from toolkit.pricing import demo_data
+from toolkit.runs import cache
+from toolkit.runs import store as runs
+from toolkit.scale.dask_executor import DaskExecutor, DaskUnavailable, ProjectMismatch, StepLost
+
+pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves these out
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
-TOOLKIT = [sys.executable, "-m", "toolkit.cli"]
+TOOLKIT = [sys.executable, "-m", "toolkit.cli.commands"]
 
 
 def toolkit_env(root, **extra):

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pandas as pd
 import pytest
 
-from toolkit import delivery
+from toolkit.pricing import delivery
 
 
 class Receiver:

@@ -1,10 +1,10 @@
-"""Tests for toolkit.demo_data: determinism, schema, invariants and the planted structure."""
+"""Tests for toolkit.pricing.demo_data: determinism, schema, invariants, planted structure."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from toolkit.demo_data import (
+from toolkit.pricing.demo_data import (
     CATEGORIES,
     END,
     MARKETS,

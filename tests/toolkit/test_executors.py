@@ -1,14 +1,13 @@
-"""One step executed from plain data: by toolkit's notebook runner, or by Ploomber."""
+"""One step executed from plain data, by Ploomber, in a private workspace."""
 
 from __future__ import annotations
 
 import json
-import os
-
-import pandas as pd
 
 from toolkit import config as config_mod
-from toolkit import demo_data, executors, io, pipeline, runner, storage
+from toolkit.data import io, storage
+from toolkit.pricing import demo_data
+from toolkit.runs import executors, runner
 
 
 def request_for(root: str, step: str, run_id: str, upstream: dict) -> dict:
@@ -24,7 +23,6 @@ def request_for(root: str, step: str, run_id: str, upstream: dict) -> dict:
         "identity": {"market": "US", "period": "2026-11", "category": None},
         "upstream": upstream,
         "kernel": "fresh",
-        "source": f"notebooks/{step}.py",
     }
 
 
@@ -33,35 +31,16 @@ def code_and_outputs(url: str) -> list:
     return [(c["source"], c.get("outputs")) for c in cells if "injected-parameters" not in str(c)]
 
 
-def test_a_step_ploomber_executes_gives_what_the_light_runner_gives(local_root, monkeypatch):
+def test_a_step_executes_through_ploomber_and_publishes_its_outputs(local_root):
     demo_data.write(["US"], n_products=12, root=local_root)
-    light = executors.execute_step(request_for(local_root, "load_transform", "light", {}))
-    assert light["status"] == "succeeded", light
-
-    def ploomber_only(name, env=None, project_dir=None):
-        raise pipeline.NeedsPloomber("this test")
-
-    monkeypatch.setattr(pipeline, "notebook_task", ploomber_only)
-    ploomber = executors.execute_step(request_for(local_root, "load_transform", "ploomber", {}))
-    assert ploomber["status"] == "succeeded", ploomber
-    assert set(light["outputs"]) == set(ploomber["outputs"]) == {"nb", "data", "catalog"}
-    for name in ("data", "catalog"):
-        pd.testing.assert_frame_equal(
-            io.read_unchecked(light["outputs"][name]), io.read_unchecked(ploomber["outputs"][name])
-        )
-    assert code_and_outputs(light["outputs"]["nb"]) == code_and_outputs(ploomber["outputs"]["nb"])
-
-
-def test_kernels_get_one_library_thread_unless_the_operator_chose(local_root, monkeypatch):
-    for name in executors.THREAD_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    demo_data.write(["US"], n_products=6, root=local_root)
-    request = request_for(local_root, "load_transform", "threads", {})
-    request["source"] = None  # no prestart: the engine starts the kernel
-    assert executors.execute_step(request)["status"] == "succeeded"
-    assert os.environ["OPENBLAS_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "1"
-    assert os.environ["OMP_NUM_THREADS"] == "3"
+    result = executors.execute_step(request_for(local_root, "load_transform", "step-1", {}))
+    assert result["status"] == "succeeded", result
+    assert set(result["outputs"]) == {"nb", "data", "catalog"}
+    assert len(io.read_unchecked(result["outputs"]["data"])) > 0
+    cells = json.loads(storage.read_bytes(result["outputs"]["nb"]))["cells"]
+    injected = [c for c in cells if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert len(injected) == 1 and "step-1" not in "".join(injected[0]["source"])
+    assert '"market": "US"' in "".join(injected[0]["source"])
 
 
 def test_a_step_whose_upstream_output_is_gone_fails_naming_it(local_root):

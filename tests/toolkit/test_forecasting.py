@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from toolkit import forecasting
+from toolkit.pricing import forecasting
 
 FIRST_MONDAY = pd.Timestamp("2023-01-02")
 

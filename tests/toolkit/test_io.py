@@ -7,7 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from toolkit import demo_data, io, schemas, storage
+from toolkit.data import io, schemas, storage
+from toolkit.pricing import demo_data
 
 
 def catalog():

@@ -15,7 +15,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from toolkit import demo_data, notebooks, storage
+from toolkit.data import storage
+from toolkit.dev import notebooks
+from toolkit.pricing import demo_data
+
+pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves these out
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -54,7 +58,7 @@ def built(tmp_path_factory):
     project = copy_project(base / "project")
     root, build_dir = base / "store", base / "build"
     original = {
-        name: (project / name).read_text() for name in ["pipeline.yaml", "toolkit/schemas.py"]
+        name: (project / name).read_text() for name in ["pipeline.yaml", "toolkit/data/schemas.py"]
     }
     first = notebooks.new_step("price_elasticity", "forecast", project_dir=project)
     second = notebooks.new_step("elasticity_report", "price_elasticity", project_dir=project)
@@ -82,7 +86,10 @@ def test_new_step_reports_what_it_wrote(built):
         project / "notebooks" / "price_elasticity.py",
         project / "tests" / "notebooks" / "test_price_elasticity.py",
     ]
-    assert first.modified == [project / "toolkit" / "schemas.py", project / "pipeline.yaml"]
+    assert first.modified == [
+        project / "toolkit" / "data" / "schemas.py",
+        project / "pipeline.yaml",
+    ]
     assert all(path.exists() for path in first.created + second.created)
 
 
@@ -115,7 +122,10 @@ def test_pipeline_yaml_gains_the_tasks_and_keeps_every_line(built):
 
 def test_schemas_gain_the_contracts_at_the_end(built):
     project = built["project"]
-    old, new = built["original"]["toolkit/schemas.py"], (project / "toolkit/schemas.py").read_text()
+    old, new = (
+        built["original"]["toolkit/data/schemas.py"],
+        (project / "toolkit/data/schemas.py").read_text(),
+    )
     assert new.startswith(old.rstrip("\n"))
     assert "class PriceElasticity(_Contract):" in new
     assert "CONTRACTS[PriceElasticity.__name__] = PriceElasticity" in new
@@ -129,7 +139,7 @@ def test_generated_files_are_lint_clean(built):
         "notebooks/elasticity_report.py",
         "tests/notebooks/test_price_elasticity.py",
         "tests/notebooks/test_elasticity_report.py",
-        "toolkit/schemas.py",
+        "toolkit/data/schemas.py",
     ]
     run([BIN / "ruff", "check", *files], built["env"], cwd=project)
     run([BIN / "ruff", "format", "--check", *files], built["env"], cwd=project)
@@ -253,7 +263,7 @@ def ran(built, tmp_path_factory):
 
 
 def test_inject_after_toolkit_run_fetches_from_the_run_cache(built, ran, tmp_path):
-    from toolkit import runs
+    from toolkit.runs import store as runs
 
     project, build_dir = built["project"], tmp_path / "build"
     (record,) = runs.list_runs(root=str(ran))
@@ -280,7 +290,7 @@ def test_inject_after_toolkit_run_fetches_from_the_run_cache(built, ran, tmp_pat
 
 
 def test_dev_with_run_opens_the_step_as_that_run_had_it(built, ran, tmp_path):
-    from toolkit import runs
+    from toolkit.runs import store as runs
 
     project, build_dir = built["project"], tmp_path / "build"
     (record,) = runs.list_runs(root=str(ran))
@@ -320,14 +330,14 @@ def project(tmp_path) -> Path:
         ("a" * 33, "forecast", "is longer than 32 characters"),
         ("config", "forecast", "is a notebook parameter name"),
         ("forecast", "load_transform", "step 'forecast' already exists in pipeline.yaml"),
-        ("plan", "forecast", "toolkit/schemas.py already defines Plan"),
+        ("plan", "forecast", "toolkit/data/schemas.py already defines Plan"),
         ("notebooks", "forecast", "tests/toolkit/test_notebooks.py exists already"),
         ("elasticity", "nowhere", "--after 'nowhere' is not a step in pipeline.yaml; steps: "),
         ("elasticity", "format_output", "step 'format_output' has no parquet `data` product"),
     ],
 )
 def test_new_step_refuses_bad_input_and_writes_nothing(project, name, after, message):
-    watched = ["pipeline.yaml", "toolkit/schemas.py"]
+    watched = ["pipeline.yaml", "toolkit/data/schemas.py"]
     before = {path: (project / path).read_text() for path in watched}
     files_before = sorted(p for p in project.rglob("*") if p.is_file())
     with pytest.raises(notebooks.StepError) as err:
@@ -356,7 +366,7 @@ def test_new_step_refuses_an_existing_notebook_file(project):
 def test_longest_names_stay_lint_clean_after_every_builtin_step(project, after):
     name = "underperformer_elasticity_weekly"  # 32 characters, the most allowed
     notebooks.new_step(name, after, project_dir=project)
-    files = [f"notebooks/{name}.py", f"tests/notebooks/test_{name}.py", "toolkit/schemas.py"]
+    files = [f"notebooks/{name}.py", f"tests/notebooks/test_{name}.py", "toolkit/data/schemas.py"]
     env = dict(os.environ)
     run([BIN / "ruff", "check", *files], env, cwd=project)
     run([BIN / "ruff", "format", "--check", *files], env, cwd=project)
@@ -366,7 +376,7 @@ def test_longest_names_stay_lint_clean_after_every_builtin_step(project, after):
 
 
 # ---------------------------------------------------------------------------
-# check_clean and `python -m toolkit.notebooks check`
+# check_clean and `python -m toolkit.dev.notebooks check`
 # ---------------------------------------------------------------------------
 
 CLEAN = '# %% [markdown]\n# # Step\n\n# %% tags=["parameters"]\nupstream = None\n\n# %%\nx = 1\n'
@@ -406,7 +416,7 @@ def test_check_command_exit_codes(tmp_path):
     clean.write_text(CLEAN)
     dirty.write_text(DIRTY)
     env = dict(os.environ, PLOOMBER_STATS_ENABLED="false")
-    command = [BIN / "python", "-m", "toolkit.notebooks", "check"]
+    command = [BIN / "python", "-m", "toolkit.dev.notebooks", "check"]
     failed = run([*command, clean, dirty], env, cwd=tmp_path, check=False)
     assert failed.returncode == 1
     assert str(dirty) in failed.stderr and str(clean) not in failed.stderr
@@ -421,7 +431,7 @@ def test_committed_notebooks_are_clean():
 
 def test_step_data_matches_the_pipeline():
     """Every built-in step with a parquet `data` product has its contract listed."""
-    from toolkit import schemas
+    from toolkit.data import schemas
 
     spec = yaml.safe_load((PROJECT_DIR / "pipeline.yaml").read_text())
     for task in spec["tasks"]:

@@ -1,4 +1,4 @@
-"""Tests for toolkit.optimizer: constraints, optimality, weight monotonicity and validation."""
+"""Tests for toolkit.pricing.optimizer: constraints, optimality, weight monotonicity, validation."""
 
 import itertools
 import math
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from toolkit import optimizer
-from toolkit.optimizer import (
+from toolkit.pricing import optimizer
+from toolkit.pricing.optimizer import (
     InfeasiblePlanError,
     choose_price_changes,
     evaluate_levels,

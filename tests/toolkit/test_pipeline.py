@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from toolkit import cache, notebooks, pipeline, ploomber_storage, runner, storage
 from toolkit import config as config_mod
+from toolkit.dag import client as ploomber_storage
+from toolkit.dag import pipeline
+from toolkit.data import storage
+from toolkit.dev import notebooks
+from toolkit.runs import cache, runner
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
@@ -95,23 +99,17 @@ def test_storage_client_is_still_reachable_through_the_pipeline_module():
 
 
 # ---------------------------------------------------------------------------
-# The light planner against Ploomber's DAG (the code path `toolkit run` had before)
+# Planning: Ploomber's DAG, kept under a key of what decides it
 # ---------------------------------------------------------------------------
 
 
 def ploomber_key_inputs(env: dict, project_dir: Path = PROJECT_DIR) -> list[tuple]:
-    """What `toolkit run` fed `cache.step_key` when it planned with Ploomber's DAG."""
+    """What `cache.step_key` gets for each step of the DAG Ploomber builds."""
     dag = pipeline.load_dag(env, project_dir=project_dir)
-    names, order = list(dag), []
-    while len(order) < len(names):
-        order.append(
-            next(n for n in names if n not in order and all(u in order for u in dag[n].upstream))
-        )
     inputs = []
-    for name in order:
+    for name in dag:
         task = dag[name]
-        params = task.params.to_json_serializable(params_only=True)
-        params = json.loads(json.dumps(params, default=str))
+        params = json.loads(json.dumps(task.params.to_json_serializable(params_only=True)))
         params.get("run", {}).pop("root", None)
         params.get("config", {}).pop("run_id", None)
         inputs.append((name, Path(str(task.source.loc)), sorted(task.upstream), params))
@@ -119,7 +117,7 @@ def ploomber_key_inputs(env: dict, project_dir: Path = PROJECT_DIR) -> list[tupl
 
 
 def planned_key_inputs(env: dict, project_dir: Path = PROJECT_DIR) -> list[tuple]:
-    """What `toolkit run` feeds `cache.step_key` now."""
+    """What `toolkit run` feeds `cache.step_key`."""
     return [
         (step.name, step.source, sorted(step.upstream), runner._key_params(step))
         for step in pipeline.plan(env, project_dir=project_dir)
@@ -135,35 +133,7 @@ def step_keys(inputs: list[tuple]) -> dict[str, str]:
     return keys
 
 
-def assert_plans_agree(env: dict, project_dir: Path = PROJECT_DIR) -> list[tuple]:
-    """The same steps with the same key inputs and keys (the order is checked apart: the
-    old path took networkx's order, which only matches pipeline.yaml order in a chain)."""
-    old, new = ploomber_key_inputs(env, project_dir), planned_key_inputs(env, project_dir)
-    old_by_name, new_by_name = {row[0]: row for row in old}, {row[0]: row for row in new}
-    assert new_by_name.keys() == old_by_name.keys()
-    for name, (_, source, upstream, params) in new_by_name.items():
-        assert (source, upstream) == old_by_name[name][1:3], name
-        # Byte for byte, key order included: the keys of cached outputs must not change.
-        assert json.dumps(params) == json.dumps(old_by_name[name][3]), name
-    assert step_keys(new) == step_keys(old)
-    return new
-
-
-@pytest.fixture
-def spy_fallback(monkeypatch):
-    """Records each time the planner hands pipeline.yaml to Ploomber."""
-    calls = []
-    original = pipeline._ploomber_steps
-
-    def spy(env, project_dir):
-        calls.append(project_dir)
-        return original(env, project_dir)
-
-    monkeypatch.setattr(pipeline, "_ploomber_steps", spy)
-    return calls
-
-
-def run_env(tmp_path, patches=(), run_id="20261129-000000-US-2026-11-abcdef") -> dict:
+def run_env(tmp_path, patches=(), run_id="") -> dict:
     """The env `toolkit run` plans with: the run's frozen config as its only layer."""
     resolved = config_mod.resolve(patches=patches)
     frozen = tmp_path / "config.yaml"
@@ -180,34 +150,11 @@ def run_env(tmp_path, patches=(), run_id="20261129-000000-US-2026-11-abcdef") ->
     }
 
 
-@pytest.mark.parametrize(
-    "make_env",
-    [
-        pytest.param(lambda tmp: {}, id="env.yaml"),
-        pytest.param(lambda tmp: run_env(tmp), id="run-default"),
-        pytest.param(
-            lambda tmp: run_env(tmp, ["optimize.weights.margin=0.5"]), id="run-margin-patch"
-        ),
-        pytest.param(lambda tmp: run_env(tmp, ["country=NO"]), id="run-NO"),
-        pytest.param(
-            lambda tmp: runner.ploomber_env(
-                config_mod.resolve(patches=["country=DE", "forecast.horizon=6"]),
-                patches=["country=DE", "forecast.horizon=6"],
-                run_id="r-1",
-            ),
-            id="patches-DE",
-        ),
-    ],
-)
-def test_light_plan_keys_steps_exactly_as_ploombers_dag(
-    make_env, tmp_path, local_root, spy_fallback
-):
-    planned = assert_plans_agree(make_env(tmp_path))
-    assert not spy_fallback  # read without Ploomber
+def test_the_plan_is_ploombers_dag_in_run_order(tmp_path, local_root):
+    env = run_env(tmp_path, ["optimize.weights.margin=0.5"])
+    planned = planned_key_inputs(env)
     assert [row[0] for row in planned] == list(pipeline.STEPS)
-    assert [row[0] for row in planned] == [
-        row[0] for row in ploomber_key_inputs(make_env(tmp_path))
-    ]
+    assert sorted(planned) == sorted(ploomber_key_inputs(env))
     assert dict((row[0], row[2]) for row in planned)["forecast"] == [
         "identify_underperformers",
         "load_transform",
@@ -221,163 +168,59 @@ def test_a_config_patch_changes_the_keys_of_exactly_the_steps_that_read_it(tmp_p
     assert changed == {"optimize", "format_output"}
 
 
-def test_importing_and_planning_never_import_ploomber(local_root):
-    script = (
-        "import sys\n"
-        "from toolkit import pipeline, runner\n"
-        "assert 'ploomber' not in sys.modules, 'import'\n"
-        "steps = pipeline.plan({})\n"
-        "assert [s.name for s in steps] == list(pipeline.STEPS)\n"
-        "assert not [m for m in sys.modules if m.split('.')[0] == 'ploomber'], 'plan'\n"
-        "print('ok')\n"
-    )
+PLAN_WITHOUT_PLOOMBER = (
+    "import json, sys\n"
+    "from toolkit.dag import pipeline\n"
+    "steps = pipeline.plan(json.loads(sys.argv[1]))\n"
+    "print(json.dumps([s.name for s in steps]))\n"
+    "print('ploomber' in sys.modules)\n"
+)
+
+
+def plan_in_a_process(env: dict, cwd: Path) -> tuple[list[str], bool]:
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", PLAN_WITHOUT_PLOOMBER, json.dumps(env)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
     )
-    assert result.returncode == 0 and result.stdout == "ok\n", result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[-2000:]
+    names, imported = result.stdout.splitlines()
+    return json.loads(names), imported == "True"
 
 
-# ---------------------------------------------------------------------------
-# Project copies: what the planner reads itself, and what it hands to Ploomber
-# ---------------------------------------------------------------------------
-
-
-def edit(path: Path, old: str, new: str, count: int = 1) -> None:
-    text = path.read_text()
-    assert text.count(old) >= count, f"{old!r} not in {path.name}"
-    path.write_text(text.replace(old, new, count))
-
-
-def explicit_upstream(project: Path) -> None:
-    """meta.extract_upstream off and each task's upstream written in pipeline.yaml."""
-    spec = project / "pipeline.yaml"
-    edit(spec, "extract_upstream: true", "extract_upstream: false")
-    for step, upstream in {
-        "identify_underperformers": "load_transform",
-        "forecast": "[identify_underperformers, load_transform]",
-        "optimize": "[forecast]",
-        "format_output": "[optimize, load_transform]",
-    }.items():
-        edit(
-            spec,
-            f"- source: notebooks/{step}.py\n",
-            f"- source: notebooks/{step}.py\n    upstream: {upstream}\n",
-        )
-
-
-HANDLED = {
-    "explicit-upstream": explicit_upstream,
-    "task-name": lambda project: edit(
-        project / "pipeline.yaml",
-        "- source: notebooks/format_output.py\n",
-        "- source: notebooks/format_output.py\n    name: deliver\n",
-    ),
-    # Ploomber casts every value it reads: "0.5" is a float and "true" a bool to it.
-    "plain-params": lambda project: edit(
-        project / "pipeline.yaml",
-        "        step: optimize\n",
-        "        step: optimize\n"
-        '      label: "{{country}}-{{ period }}"\n'
-        '      threshold: "0.5"\n'
-        '      strict: "true"\n'
-        '      picks: ["1", "a", "None"]\n'
-        "      nothing: null\n",
-    ),
-}
-
-FALLBACK = {
-    "task-key": (
-        lambda project: edit(
-            project / "pipeline.yaml",
-            "    static_analysis: strict\n",
-            "    static_analysis: strict\n    executor_params:\n      log_output: true\n",
-        ),
-        "task 'notebooks/load_transform.py' key\\(s\\) executor_params",
-    ),
-    "jinja-filter": (
-        lambda project: edit(
-            project / "pipeline.yaml", "market={{country}}", "market={{ country | upper }}", 3
-        ),
-        "is a Jinja template beyond",
-    ),
-    "computed-upstream": (
-        lambda project: edit(
-            project / "notebooks" / "forecast.py",
-            'upstream = ["load_transform", "identify_underperformers"]',
-            'upstream = ["load_transform"] + ["identify_underperformers"]',
-        ),
-        "forecast.py: upstream is not a literal",
-    ),
-    "env-placeholder": (
-        lambda project: edit(project / "env.yaml", 'run_id: ""', 'run_id: "{{user}}-build"'),
-        "env value run_id is itself a template",
-    ),
-}
-
-
-@pytest.mark.parametrize("variant", sorted(HANDLED))
-def test_handled_features_plan_without_ploomber(variant, project_copy, local_root, spy_fallback):
-    HANDLED[variant](project_copy)
-    planned = assert_plans_agree({}, project_copy)
-    assert not spy_fallback
-    assert all(row[1].parent == project_copy.resolve() / "notebooks" for row in planned)
-
-
-def test_plain_params_are_cast_as_ploomber_casts_them(project_copy, local_root):
-    HANDLED["plain-params"](project_copy)
-    optimize = next(s for s in pipeline.plan({}, project_copy) if s.name == "optimize")
-    assert optimize.params["config"] == pipeline.step_config("optimize")
-    assert {k: v for k, v in optimize.params.items() if k not in ("run", "config")} == {
-        "label": "US-2026-11",
-        "threshold": 0.5,
-        "strict": True,
-        "picks": [1, "a", None],
-        "nothing": None,
-    }
-
-
-@pytest.mark.parametrize("variant", sorted(FALLBACK))
-def test_unhandled_features_plan_through_ploomber(variant, project_copy, local_root, spy_fallback):
-    change, reason = FALLBACK[variant]
-    change(project_copy)
-    with pytest.raises(pipeline.NeedsPloomber, match=reason):
-        pipeline._light_steps({}, project_copy)
-    assert_plans_agree({}, project_copy)
-    assert spy_fallback  # planned by Ploomber, with the same results
-
-
-def test_a_project_grown_by_new_step_plans_the_same_both_ways(
-    project_copy, local_root, spy_fallback
+def test_a_kept_plan_is_reused_without_ploomber_until_a_file_that_decides_it_changes(
+    project_copy, tmp_path, local_root
 ):
-    shutil.copytree(PROJECT_DIR / "toolkit", project_copy / "toolkit")
-    notebooks.new_step("price_elasticity", "forecast", project_dir=project_copy)
-    notebooks.new_step("elasticity_report", "price_elasticity", project_dir=project_copy)
-    planned = assert_plans_agree({}, project_copy)
-    assert not spy_fallback
-    upstream = {name: up for name, _, up, _ in planned}
-    assert upstream["price_elasticity"] == ["forecast"]
-    assert upstream["elasticity_report"] == ["price_elasticity"]
-    # pipeline.yaml order, each step after its upstream: the new steps right after forecast.
-    assert [row[0] for row in planned] == [
-        "load_transform",
-        "identify_underperformers",
-        "forecast",
-        "price_elasticity",
-        "elasticity_report",
-        "optimize",
-        "format_output",
-    ]
+    shutil.copytree(PROJECT_DIR / "configs", project_copy / "configs")
+    env = {"build_dir": str(tmp_path / "build")}
+    assert plan_in_a_process(env, project_copy) == (list(pipeline.STEPS), True)
+    assert plan_in_a_process(env, project_copy) == (list(pipeline.STEPS), False)
+    assert len(list((project_copy / pipeline.PLAN_FOLDER).glob("*.json"))) == 1
+    for changed in ("notebooks/forecast.py", "configs/defaults.yaml", "pipeline.yaml"):
+        path = project_copy / changed
+        path.write_text(path.read_text() + "\n# edited\n")
+        assert plan_in_a_process(env, project_copy) == (list(pipeline.STEPS), True), changed
+    assert plan_in_a_process({**env, "country": "DE"}, project_copy)[1] is True
 
 
-def test_unknown_upstream_and_cycles_are_named(project_copy, local_root):
-    forecast = project_copy / "notebooks" / "forecast.py"
-    identify = project_copy / "notebooks" / "identify_underperformers.py"
-    edit(forecast, '"identify_underperformers"]', '"identify_underperformers", "nowhere"]')
-    with pytest.raises(ValueError, match="step 'forecast' names upstream step\\(s\\) 'nowhere'"):
-        pipeline.plan({}, project_copy)
-    edit(forecast, ', "nowhere"]', "]")
-    edit(identify, 'upstream = ["load_transform"]', 'upstream = ["forecast"]')
-    with pytest.raises(
-        ValueError, match="cycle: steps identify_underperformers, forecast each wait"
-    ):
+def test_a_plan_for_a_project_grown_by_new_step_has_the_new_step(project_copy, local_root):
+    shutil.copytree(PROJECT_DIR / "configs", project_copy / "configs")
+    (project_copy / "toolkit").mkdir()
+    shutil.copy(PROJECT_DIR / "toolkit" / "data" / "schemas.py", project_copy / "toolkit")
+    before = [s.name for s in pipeline.plan({}, project_copy)]
+    notebooks.new_step("price_check", after="optimize", project_dir=project_copy)
+    after = pipeline.plan({}, project_copy)
+    names = [s.name for s in after]
+    assert sorted(names) == sorted([*before, "price_check"])
+    assert names.index("price_check") > names.index("optimize")
+    assert next(s for s in after if s.name == "price_check").upstream == ("optimize",)
+
+
+def test_a_cycle_is_named_by_ploomber(project_copy, local_root):
+    shutil.copytree(PROJECT_DIR / "configs", project_copy / "configs")
+    notebook = project_copy / "notebooks" / "load_transform.py"
+    notebook.write_text(notebook.read_text().replace("upstream = None", 'upstream = ["optimize"]'))
+    with pytest.raises(Exception, match="(?i)cycle"):
         pipeline.plan({}, project_copy)

@@ -15,10 +15,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from toolkit import cache, demo_data, runs, storage
+from toolkit.data import storage
+from toolkit.pricing import demo_data
+from toolkit.runs import cache
+from toolkit.runs import store as runs
+
+pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves these out
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
-TOOLKIT = [sys.executable, "-m", "toolkit.cli"]
+TOOLKIT = [sys.executable, "-m", "toolkit.cli.commands"]
 
 
 def toolkit_env(root, **extra):
@@ -221,7 +226,7 @@ def test_a_fully_cached_run_imports_neither_ploomber_nor_pandas(baseline):
     root, first = baseline
     script = (
         "import sys\n"
-        "from toolkit.cli import main\n"
+        "from toolkit.cli.commands import main\n"
         "main(['run'], standalone_mode=False)\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'ploomber')\n"
         "print('ploomber modules:', loaded)\n"
@@ -243,7 +248,8 @@ def test_a_fully_cached_run_imports_neither_ploomber_nor_pandas(baseline):
 
 
 def test_the_summary_prints_the_plan_as_pandas_would(tmp_path, local_root):
-    from toolkit import forecasting, runner
+    from toolkit.pricing import forecasting
+    from toolkit.runs import runner
 
     plan = pd.DataFrame(
         {

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from toolkit import demo_data, io, schemas
+from toolkit.data import io, schemas
+from toolkit.pricing import demo_data
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,7 @@ def test_plan_changed_flag_must_match_price():
 
 
 def test_export_column_order_is_enforced():
-    from toolkit.delivery import EXPORT_COLUMNS
+    from toolkit.pricing.delivery import EXPORT_COLUMNS
 
     row = {c: 1.0 for c in EXPORT_COLUMNS}
     row.update(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from toolkit import storage
+from toolkit import project
+from toolkit.data import storage
 
 
 def test_default_root_is_the_project_store(monkeypatch):
     monkeypatch.delenv("TOOLKIT_ROOT", raising=False)
-    assert storage.root() == str(storage.PROJECT_DIR / "store")
+    assert storage.root() == str(project.root() / "store")
     monkeypatch.setenv("TOOLKIT_ROOT", "s3://bucket/prefix/")
     assert storage.root() == "s3://bucket/prefix"
 

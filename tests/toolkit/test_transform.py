@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from toolkit import demo_data, io, schemas, transform
+from toolkit.data import io, schemas
+from toolkit.pricing import demo_data, transform
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from toolkit import demo_data, io, schemas, transform, underperformers
+from toolkit.data import io, schemas
+from toolkit.pricing import demo_data, transform, underperformers
 
 
 @pytest.fixture(scope="module")

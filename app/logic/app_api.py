@@ -1,0 +1,621 @@
+"""What the app's pages show, computed from run records and outputs: no Streamlit here.
+
+Pages are thin: they pick widgets, call these functions and render the result. Every
+output is read through ``browse`` (only files under the storage root) and returned as
+plain data (dicts, DataFrames), which the app shows as data, never as HTML.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import zoneinfo
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+import yaml
+
+from logic import browse, forms
+from toolkit import project
+from toolkit.data import storage
+from toolkit.runs import reports
+from toolkit.runs import store as runs
+
+__all__ = [
+    "STATUS_ICONS",
+    "compare_kpis",
+    "compare_params",
+    "failures",
+    "filter_rows",
+    "history_and_forecast",
+    "impact_by_category",
+    "kpi_cards",
+    "notebooks",
+    "output_files",
+    "pipeline_steps",
+    "read_json",
+    "read_table",
+    "recommendations",
+    "rerun_seed",
+    "run_label",
+    "run_rows",
+    "step_rows",
+]
+
+# Symbols every common font has (tables, pickers); badges use Streamlit's bundled icons.
+STATUS_ICONS = {
+    "queued": "◷",
+    "running": "▶",
+    "succeeded": "✓",
+    "reused": "↻",
+    "failed": "✗",
+    "cancelled": "■",
+    "interrupted": "⚠",
+    "pending": "○",
+    "skipped": "–",
+    "unreadable": "?",
+}
+STATUS_TEXT = {
+    "queued": "Queued",
+    "running": "Running",
+    "succeeded": "Succeeded",
+    "reused": "Reused from cache",
+    "failed": "Failed",
+    "cancelled": "Cancelled",
+    "interrupted": "Interrupted",
+    "pending": "Waiting",
+    "skipped": "Not run",
+    "unreadable": "Unreadable",
+}
+# (badge colour, Material icon) per status, for st.badge.
+STATUS_BADGES = {
+    "queued": ("gray", ":material/schedule:"),
+    "running": ("blue", ":material/autorenew:"),
+    "succeeded": ("green", ":material/check_circle:"),
+    "reused": ("violet", ":material/recycling:"),
+    "failed": ("red", ":material/error:"),
+    "cancelled": ("orange", ":material/cancel:"),
+    "interrupted": ("orange", ":material/warning:"),
+    "pending": ("gray", ":material/radio_button_unchecked:"),
+    "skipped": ("gray", ":material/remove:"),
+    "unreadable": ("gray", ":material/help:"),
+}
+# Text colour of the status cell in tables.
+STATUS_COLORS = {
+    "queued": "#5f6368",
+    "running": "#1a66c2",
+    "succeeded": "#1e7d32",
+    "reused": "#6a3fb5",
+    "failed": "#c62828",
+    "cancelled": "#c25e00",
+    "interrupted": "#c25e00",
+    "unreadable": "#5f6368",
+}
+KPI_LABELS = {
+    "revenue_change": "Revenue change",
+    "revenue_change_pct": "Revenue change (%)",
+    "margin_change": "Margin change",
+    "margin_change_pct": "Margin change (%)",
+    "volume_change": "Volume change (units)",
+    "volume_change_pct": "Volume change (%)",
+    "n_changes": "Price changes",
+    "markdown_spent": "Markdown spent",
+}
+
+
+def status_text(status: str | None) -> str:
+    status = status or "unreadable"
+    return f"{STATUS_ICONS.get(status, '?')} {STATUS_TEXT.get(status, status.capitalize())}"
+
+
+def is_active(record: Mapping[str, Any]) -> bool:
+    return record.get("status") in runs.ACTIVE
+
+
+# ---------------------------------------------------------------------------
+# Times
+# ---------------------------------------------------------------------------
+
+
+def _zone(tz: str | None) -> dt.tzinfo:
+    try:
+        return zoneinfo.ZoneInfo(tz) if tz else dt.UTC
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return dt.UTC
+
+
+def format_time(value: str | None, tz: str | None = None) -> str:
+    when = runs.parse_time(value)
+    if when is None:
+        return ""
+    zone = _zone(tz)
+    text = when.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+    return f"{text} UTC" if zone is dt.UTC else text
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _elapsed(record: Mapping[str, Any]) -> float | None:
+    duration = runs.duration_seconds(dict(record))
+    if duration is not None and not is_active(record):
+        return duration
+    start = runs.parse_time(record.get("started_at"))
+    if start is None:
+        return duration
+    end = runs.parse_time(record.get("finished_at")) or dt.datetime.now(dt.UTC)
+    return round((end - start).total_seconds(), 1)
+
+
+# ---------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------
+
+
+def pipeline_steps(project_dir: Path | str | None = None) -> list[str]:
+    """Step names in ``pipeline.yaml`` order (read as YAML; Ploomber is not needed)."""
+    project_dir = project.resolve(project_dir)
+    data = yaml.safe_load((Path(project_dir) / "pipeline.yaml").read_text()) or {}
+    return [Path(str(task["source"])).stem for task in data.get("tasks", [])]
+
+
+def run_label(record: Mapping[str, Any], tz: str | None = None) -> str:
+    """One line naming a run, for pickers: identity, status, start and id."""
+    category = record.get("category") or "all"
+    when = format_time(record.get("started_at") or record.get("created_at"), tz)
+    return (
+        f"{record.get('market') or '?'} {record.get('period') or '?'} · {category} · "
+        f"{status_text(record.get('status'))} · {when} · {record.get('id')}"
+    )
+
+
+def run_rows(records: Iterable[Mapping[str, Any]], tz: str | None = None) -> list[dict]:
+    """The Runs table: one row per run, newest first."""
+    rows = []
+    for record in records:
+        row = runs.summary_row(dict(record))
+        steps = row.get("steps") or {}
+        reused = sum(1 for s in steps.values() if s.get("reused"))
+        rows.append(
+            {
+                "Status": status_text(row.get("status")),
+                "Market": row.get("market") or "",
+                "Period": row.get("period") or "",
+                "Category": row.get("category") or "all",
+                "Launched by": str(row.get("launcher") or ""),
+                "Started": format_time(row.get("started_at") or record.get("created_at"), tz),
+                "Duration": format_duration(_elapsed(record)),
+                "Steps reused": reused,
+                "Run": row.get("id") or "",
+                "status": row.get("status") or "unreadable",
+            }
+        )
+    return rows
+
+
+def filter_rows(
+    rows: Sequence[dict],
+    statuses: Iterable[str] = (),
+    markets: Iterable[str] = (),
+    periods: Iterable[str] = (),
+    launchers: Iterable[str] = (),
+    text: str = "",
+) -> list[dict]:
+    statuses, markets, periods, launchers = (
+        set(statuses),
+        set(markets),
+        set(periods),
+        set(launchers),
+    )
+    needle = text.strip().lower()
+    out = []
+    for row in rows:
+        if statuses and row["status"] not in statuses:
+            continue
+        if markets and row["Market"] not in markets:
+            continue
+        if periods and row["Period"] not in periods:
+            continue
+        if launchers and row["Launched by"] not in launchers:
+            continue
+        if needle and needle not in " ".join(str(v) for v in row.values()).lower():
+            continue
+        out.append(row)
+    return out
+
+
+def step_rows(record: Mapping[str, Any], steps: Sequence[str] | None = None) -> list[dict]:
+    """Progress per step, pipeline order, including steps not started yet."""
+    recorded = record.get("steps") or {}
+    names = list(steps or pipeline_steps())
+    names += [n for n in recorded if n not in names]
+    active = is_active(record)
+    rows = []
+    for name in names:
+        info = recorded.get(name) or {}
+        status = info.get("status") or ("pending" if active else "skipped")
+        if info.get("reused"):
+            status = "reused"
+        detail = ""
+        duration = info.get("duration_s")
+        if status == "reused":
+            detail = f"reused from run {info.get('reused_from')}"
+        elif status == "running":
+            start = runs.parse_time(info.get("started_at"))
+            if start is not None:
+                duration = (dt.datetime.now(dt.UTC) - start).total_seconds()
+            detail = "running now"
+        elif status in ("failed", "cancelled", "interrupted"):
+            error = str(info.get("error") or status)
+            detail = error.strip().splitlines()[-1][:300] if error.strip() else status
+        elif status == "succeeded":
+            detail = "done"
+        elif status == "skipped":
+            detail = "not run"
+        else:
+            detail = "waiting"
+        rows.append(
+            {
+                "": STATUS_ICONS.get(status, "?"),
+                "Step": name.replace("_", " ").capitalize(),
+                "Status": STATUS_TEXT.get(status, status.capitalize()),
+                "Time": format_duration(duration) if status != "reused" else "0 s",
+                "Detail": detail,
+                "status": status,
+            }
+        )
+    return rows
+
+
+def progress_fraction(rows: Sequence[dict]) -> float:
+    if not rows:
+        return 0.0
+    done = sum(1 for r in rows if r["status"] in ("succeeded", "reused"))
+    return done / len(rows)
+
+
+def rerun_seed(record: Mapping[str, Any]) -> tuple[forms.Identity, dict[str, Any]]:
+    """The identity and form values of a run, to launch it again."""
+    identity = forms.Identity(
+        str(record.get("market") or ""), str(record.get("period") or ""), record.get("category")
+    )
+    return identity, forms.values_of(record.get("config") or {})
+
+
+# ---------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------
+
+
+def output_url(record: Mapping[str, Any], step: str, product: str) -> str | None:
+    return (((record.get("steps") or {}).get(step) or {}).get("outputs") or {}).get(product)
+
+
+def read_table(root: str, url: str, contract: str) -> pd.DataFrame:
+    """A Parquet output under ``root``, checked against its contract (by name)."""
+    from toolkit.data import io, schemas  # pandera: only when a page reads a table
+
+    url = browse.check_url(root, url)
+    return io.read(url, schemas.CONTRACTS[contract])
+
+
+def read_json(root: str, url: str) -> Any:
+    return json.loads(browse.read_output(root, url))
+
+
+def notebook_text(root: str, url: str) -> str:
+    return reports.notebook_text(browse.check_url(root, url))
+
+
+def raw_categories(root: str, market: str) -> list[str]:
+    """Categories in a market's raw catalog (one column read), or none without data."""
+    url = storage.raw_url(market, "catalog", root)
+    try:
+        with storage.open_url(url, "rb") as fh:
+            table = pq.read_table(fh, columns=["category"])
+    except (FileNotFoundError, OSError, KeyError, ValueError):
+        return []
+    return sorted({str(c) for c in table.column("category").to_pylist() if c})
+
+
+def markets_with_data(root: str) -> list[str]:
+    names = storage.listdir(storage.join(root, "raw"))
+    return sorted(n.split("=", 1)[1] for n in names if n.startswith("market="))
+
+
+def kpi_cards(kpis: Mapping[str, Any] | None, currency: str = "") -> list[dict[str, Any]]:
+    """The headline numbers of a plan, for ``st.metric`` (currency in the label)."""
+    if not kpis:
+        return []
+    unit = f", {currency}" if currency else ""
+    return [
+        {
+            "label": f"Revenue change{unit}",
+            "value": f"{kpis.get('revenue_change', 0.0):+,.0f}",
+            "delta": f"{kpis.get('revenue_change_pct', 0.0):+.1f}%",
+            "help": "Expected revenue over the forecast horizon with the new prices, minus "
+            "without them.",
+        },
+        {
+            "label": f"Margin change{unit}",
+            "value": f"{kpis.get('margin_change', 0.0):+,.0f}",
+            "delta": f"{kpis.get('margin_change_pct', 0.0):+.1f}%",
+            "help": "Expected gross margin over the horizon with the new prices, minus "
+            "without them.",
+        },
+        {
+            "label": "Volume change, units",
+            "value": f"{kpis.get('volume_change', 0.0):+,.0f}",
+            "delta": f"{kpis.get('volume_change_pct', 0.0):+.1f}%",
+            "help": "Expected units sold over the horizon with the new prices, minus without.",
+        },
+        {
+            "label": "Price changes",
+            "value": f"{int(kpis.get('n_changes', 0)):,}",
+            "delta": None,
+            "help": "Products whose price the plan changes.",
+        },
+        {
+            "label": f"Markdown spent{unit}",
+            "value": f"{kpis.get('markdown_spent', 0.0):,.0f}",
+            "delta": None,
+            "help": "Revenue given up to discounts over the horizon, within the markdown budget.",
+        },
+    ]
+
+
+def recommendations(
+    plan: pd.DataFrame, catalog: pd.DataFrame | None = None, only_changes: bool = True
+) -> pd.DataFrame:
+    """The plan as business users read it, biggest margin effect first."""
+    frame = plan.copy()
+    if only_changes:
+        frame = frame[frame["changed"]]
+    names = (
+        catalog.set_index("product_id")["product_name"]
+        if catalog is not None and "product_name" in catalog
+        else pd.Series(dtype=str)
+    )
+    out = pd.DataFrame(
+        {
+            "Product": frame["product_id"].astype(str),
+            "Name": frame["product_id"].map(names).fillna("").astype(str),
+            "Category": frame["category"].astype(str),
+            "Current price": frame["current_price"].round(2),
+            "Recommended price": frame["new_price"].round(2),
+            "Change %": (frame["price_change"] * 100).round(1),
+            "Expected units": frame["expected_units"].round(0),
+            "Revenue change": (frame["expected_revenue"] - frame["baseline_revenue"]).round(0),
+            "Margin change": (frame["expected_margin"] - frame["baseline_margin"]).round(0),
+            "Markdown cost": frame["markdown_cost"].round(0),
+            "Changed": frame["changed"].astype(bool),
+        }
+    )
+    return out.sort_values("Margin change", ascending=False, key=abs).reset_index(drop=True)
+
+
+def currency_of(catalog: pd.DataFrame | None) -> str:
+    if catalog is None or catalog.empty or "currency" not in catalog:
+        return ""
+    values = catalog["currency"].dropna().unique()
+    return str(values[0]) if len(values) == 1 else ""
+
+
+def forecast_products(
+    forecasts: pd.DataFrame, plan: pd.DataFrame | None = None, catalog: pd.DataFrame | None = None
+) -> list[tuple[str, str]]:
+    """(product id, label) of the forecast products, changed ones first."""
+    ids = list(dict.fromkeys(forecasts["product_id"].astype(str)))
+    changed = set()
+    if plan is not None and not plan.empty:
+        changed = set(plan.loc[plan["changed"], "product_id"].astype(str))
+    names = {}
+    if catalog is not None and not catalog.empty:
+        names = dict(
+            zip(
+                catalog["product_id"].astype(str),
+                catalog["product_name"].astype(str),
+                strict=True,
+            )
+        )
+    ids.sort(key=lambda pid: (pid not in changed, pid))
+    out = []
+    for pid in ids:
+        label = f"{pid} · {names[pid]}" if pid in names else pid
+        out.append((pid, f"{label} (price change)" if pid in changed else label))
+    return out
+
+
+def history_and_forecast(
+    weekly: pd.DataFrame, forecasts: pd.DataFrame, product_id: str, history_weeks: int = 78
+) -> pd.DataFrame:
+    """Long frame (week, units, series) of one product's recent actuals and forecast."""
+    past = weekly[weekly["product_id"].astype(str) == product_id].sort_values("week")
+    past = past.tail(history_weeks)
+    future = forecasts[forecasts["product_id"].astype(str) == product_id].sort_values("week")
+    frames = [
+        pd.DataFrame({"week": past["week"], "units": past["units"], "series": "Actual"}),
+        pd.DataFrame(
+            {"week": future["week"], "units": future["forecast_units"], "series": "Forecast"}
+        ),
+    ]
+    out = pd.concat([f for f in frames if not f.empty], ignore_index=True)
+    if out.empty:
+        return pd.DataFrame({"week": [], "units": [], "series": []})
+    out["week"] = pd.to_datetime(out["week"])
+    out["units"] = out["units"].astype(float).round(1)
+    return out
+
+
+def impact_by_category(plan: pd.DataFrame) -> pd.DataFrame:
+    """Long frame (category, measure, change) of the plan's expected effect."""
+    deltas = (
+        plan.assign(
+            Revenue=plan["expected_revenue"] - plan["baseline_revenue"],
+            Margin=plan["expected_margin"] - plan["baseline_margin"],
+        )
+        .groupby("category")[["Revenue", "Margin"]]
+        .sum()
+        .round(0)
+        .reset_index()
+    )
+    return deltas.melt(id_vars="category", var_name="measure", value_name="change")
+
+
+def notebooks(record: Mapping[str, Any], steps: Sequence[str] | None = None) -> list[dict]:
+    """Each step's executed notebook: the published one, or the partial one of a failure."""
+    out = []
+    recorded = record.get("steps") or {}
+    for name in list(steps or pipeline_steps()) + [n for n in recorded if n not in (steps or [])]:
+        info = recorded.get(name)
+        if not info or any(n["step"] == name for n in out):
+            continue
+        url = (info.get("outputs") or {}).get("nb")
+        partial = False
+        if not url:
+            url = (info.get("debug") or {}).get("notebook")
+            partial = bool(url)
+        if url:
+            out.append(
+                {
+                    "step": name,
+                    "url": url,
+                    "partial": partial,
+                    "status": "reused" if info.get("reused") else info.get("status"),
+                    "filename": url.rsplit("/", 1)[-1],
+                }
+            )
+    return out
+
+
+def failures(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each step that did not succeed: its error and its contract report as a table."""
+    out = []
+    for name, info in (record.get("steps") or {}).items():
+        if info.get("status") not in ("failed", "cancelled", "interrupted"):
+            continue
+        rows = []
+        for report in info.get("report") or []:
+            for failure in report.get("failures") or []:
+                rows.append(
+                    {
+                        "Dataset": str(report.get("dataset", "")),
+                        "When": str(report.get("stage", "")),
+                        "Column": str(failure.get("column", "")),
+                        "Check": str(failure.get("check", "")),
+                        "Meaning": str(failure.get("description", "")),
+                        "Failing": int(failure.get("count", 0) or 0),
+                        "Examples": ", ".join(str(v) for v in failure.get("examples") or []),
+                        "Rows checked": int(report.get("n_rows", 0) or 0),
+                    }
+                )
+        out.append(
+            {
+                "step": name,
+                "status": info.get("status"),
+                "error": str(info.get("error") or ""),
+                "report": pd.DataFrame(rows),
+                "traceback": str(info.get("traceback") or ""),
+            }
+        )
+    return out
+
+
+def output_files(record: Mapping[str, Any], root: str) -> list[dict[str, str]]:
+    """Every file a run's steps produced, relative to the storage root."""
+    out = []
+    for name, info in (record.get("steps") or {}).items():
+        urls = dict(info.get("outputs") or {})
+        debug = info.get("debug") or {}
+        if debug.get("notebook"):
+            urls["partial notebook"] = debug["notebook"]
+        for i, report in enumerate(debug.get("reports") or []):
+            urls[f"validation report {i + 1}"] = report
+        for product, url in urls.items():
+            try:
+                relative = browse.relative_path(root, url)
+            except browse.OutsideRoot:
+                continue  # never offer a file outside the root, whatever the record says
+            out.append({"step": name, "product": product, "path": relative})
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Comparing runs
+# ---------------------------------------------------------------------------
+
+
+def short_name(record: Mapping[str, Any]) -> str:
+    return f"{record.get('market')} {record.get('period')} …{str(record.get('id', ''))[-6:]}"
+
+
+def compare_params(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Settings that differ between the first run and any other, one column per run."""
+    if len(records) < 2:
+        return pd.DataFrame()
+    first = dict(records[0])
+    keys: list[str] = []
+    origins: dict[str, list[str]] = {}
+    values: dict[str, dict[str, Any]] = {}
+    for other in records[1:]:
+        for row in reports.config_differences(first, dict(other)):
+            if row["key"] not in keys:
+                keys.append(row["key"])
+    for key in keys:
+        values[key] = {}
+        origins[key] = []
+        for record in records:
+            leaf = _lookup(record.get("config") or {}, key)
+            values[key][short_name(record)] = forms.display_value(leaf)
+            origin = (record.get("origins") or {}).get(key)
+            origins[key].append(forms.describe_origin(origin) if origin else "")
+    rows = []
+    for key in sorted(keys):
+        row = {"Setting": forms.setting_label(key)}
+        row.update(values[key])
+        row["Set by"] = " → ".join(dict.fromkeys(o for o in origins[key] if o))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def compare_kpis(
+    records: Sequence[Mapping[str, Any]], kpis: Sequence[Mapping[str, Any] | None]
+) -> pd.DataFrame:
+    """KPIs per run, and each run's change against the first."""
+    if not records:
+        return pd.DataFrame()
+    names = [short_name(r) for r in records]
+    rows = []
+    for key, label in KPI_LABELS.items():
+        values = [(k or {}).get(key) for k in kpis]
+        if all(v is None for v in values):
+            continue
+        row: dict[str, Any] = {"KPI": label}
+        for name, value in zip(names, values, strict=True):
+            row[name] = None if value is None else round(float(value), 2)
+        base = values[0]
+        for name, value in zip(names[1:], values[1:], strict=True):
+            delta = None if base is None or value is None else round(float(value) - base, 2)
+            row[f"Δ {name}"] = delta
+        rows.append(row)
+    return pd.DataFrame(rows)

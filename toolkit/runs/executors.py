@@ -1,0 +1,213 @@
+"""Execute one step anywhere: a private workspace, upstream products fetched from storage,
+the notebook run by Ploomber, outputs published to the cache. Plus the executors that
+schedule such executions: in this process (serial) or on Dask (see ``DaskExecutor``).
+
+``execute_step`` takes and returns plain data, so it runs unchanged on another machine
+that shares nothing with the launcher but the storage root.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import os
+import shutil
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+from toolkit.dag import kernels, pipeline
+from toolkit.data import storage
+from toolkit.runs import cache, store
+
+__all__ = [
+    "SerialExecutor",
+    "crash_point",
+    "execute_step",
+    "release_kernels",
+]
+
+_log = logging.getLogger(__name__)
+
+
+def crash_point(name: str) -> None:
+    """Fault injection for the crash tests: SIGKILL this process at a named point.
+
+    ``TOOLKIT_CRASH_AT=<step>:<point>`` (points: before-manifest, after-publish) is read
+    only here; without it this does nothing.
+    """
+    if os.environ.get("TOOLKIT_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def execute_step(request: dict[str, Any]) -> dict[str, Any]:
+    """Run one step of a run and publish its outputs.
+
+    Ploomber renders and builds the step (``DAG.build_partially`` with its upstream
+    skipped: their products are fetched from storage first) in a private workspace;
+    papermill and nbclient execute the notebook in this process's kept kernel
+    (``toolkit.dag.kernels``, named in ``pipeline.yaml``).
+
+    Args:
+        request: ``root``, ``run_id``, ``step``, ``env`` (Ploomber env values), ``key``,
+            ``attempt``, ``timeout``, ``identity``, ``upstream`` (step -> product ->
+            URL of the published upstream outputs) and ``kernel`` ("reuse": kernels
+            kept between notebooks; "fresh": a new kernel per notebook).
+
+    Returns:
+        ``status`` ("succeeded" or "failed") with ``outputs``/``url`` or ``error``,
+        ``report`` (contract failures) and ``debug`` (URLs of the partial notebook and
+        reports kept under the run).
+    """
+    os.environ["TOOLKIT_ROOT"] = request["root"]  # the worker writes where the run lives
+    kernels.reuse(request.get("kernel", "reuse") == "reuse")
+    step = request["step"]
+    workspace = Path(tempfile.mkdtemp(prefix=f"toolkit-{step}-"))
+    started = store.now()
+    try:
+        env = {**request["env"], "build_dir": str(workspace), "step_timeout": request["timeout"]}
+        from ploomber.products import File  # Ploomber loads only where a step executes
+
+        dag = pipeline.load_dag(env)
+        # This layer, not the File client of `ploomber build`, publishes a run's outputs.
+        dag.clients.pop(File, None)
+        products = {name: _local_products(dag[name]) for name in dag}
+        _fetch(request["upstream"], products)
+        try:
+            dag.build_partially(step, force=True, show_progress=False, skip_upstream=True)
+        except Exception as exc:  # the notebook's error, wrapped by Ploomber
+            return _failure(request, Path(products[step]["nb"]), exc, started)
+        hit = cache.publish(
+            request["root"],
+            request["identity"],
+            step,
+            request["key"],
+            request["attempt"],
+            products[step],
+            request["run_id"],
+            store.now(),
+            before_manifest=lambda: crash_point(f"{step}:before-manifest"),
+        )
+        return {
+            "status": "succeeded",
+            "url": hit["url"],
+            "outputs": hit["outputs"],
+            "started_at": started,
+            "finished_at": store.now(),
+        }
+    except Exception as exc:  # storage or set-up failure: still a readable step failure
+        return {
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=8),
+            "started_at": started,
+            "finished_at": store.now(),
+            "report": [],
+            "debug": {},
+        }
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _local_products(task) -> dict[str, str]:
+    serial = task.product.to_json_serializable()
+    return serial if isinstance(serial, dict) else {"data": serial}
+
+
+def _fetch(upstream: dict, local: dict) -> None:
+    """Download each upstream output (step -> product -> URL) to its path in ``local``."""
+    for step, urls in upstream.items():
+        for name, url in urls.items():
+            storage.download_file(url, local[step][name])
+
+
+def _failure(request, notebook: Path, exc, started) -> dict[str, Any]:
+    """Keep the partial notebook and contract reports under the run, never in the cache."""
+    import json
+
+    from toolkit.data import storage
+    from toolkit.runs import store as runs
+
+    folder = notebook.parent
+    target = runs.run_url(
+        request["run_id"], "steps", request["step"], request["attempt"], root=request["root"]
+    )
+    debug, report = {}, []
+    for path in sorted(folder.glob("*.failed.ipynb")) + sorted(folder.glob("*.ipynb")):
+        debug.setdefault("notebook", storage.join(target, path.name))
+        storage.upload_file(path, storage.join(target, path.name))
+        break
+    for path in sorted(folder.glob("*.validation.json")):
+        storage.upload_file(path, storage.join(target, path.name))
+        debug.setdefault("reports", []).append(storage.join(target, path.name))
+        report.append(json.loads(path.read_text()))
+    return {
+        "status": "failed",
+        "error": _root_cause(exc),
+        "report": report,
+        "debug": debug,
+        "traceback": "".join(traceback.format_exception(exc, limit=4))[-4000:],
+        "started_at": started,
+        "finished_at": runs.now(),
+    }
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The notebook's own error, not Ploomber's wrappers.
+
+    Walks the exception chain from the inside out and takes the first error that says
+    something: papermill's cell error (exception name and value), a cell timeout or a dead
+    kernel from nbclient, skipping bare internals such as ``queue.Empty``.
+    """
+    chain = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for error in reversed(chain):
+        ename, evalue = getattr(error, "ename", None), getattr(error, "evalue", None)
+        if ename:
+            return f"{ename}: {evalue}"[-3000:]
+        text = str(error).strip()
+        if text and type(error).__name__ not in ("Empty", "TaskBuildError"):
+            return f"{type(error).__name__}: {text}"[-3000:]
+    return type(exc).__name__
+
+
+class SerialExecutor:
+    """Runs each step in this process, one at a time: the default."""
+
+    name = "serial"
+
+    def submit(self, fn, *args) -> cf.Future:
+        future: cf.Future = cf.Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller via the future
+            future.set_exception(exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+        return future
+
+    def wait_any(self, futures):
+        done = [f for f in futures if f.done()]
+        return done, [f for f in futures if not f.done()]
+
+    def release(self, run_id: str) -> None:
+        """The run is over: its kernel, kept in this process, is not needed any more."""
+        release_kernels(run_id)
+
+    def close(self) -> None:
+        pass
+
+
+def release_kernels(run_id: str) -> None:
+    """A run is over: close the idle kernels this process kept (see ``toolkit.dag.kernels``).
+
+    A kernel is never kept from one run for the next: module state one run's steps left
+    cannot reach another run.
+    """
+    kernels.close_idle()
