@@ -1,26 +1,30 @@
-"""The reused-kernel papermill engine: a run's kernel survives between its notebooks, and
-each notebook still starts as if its kernel were fresh. Real kernels, real papermill."""
+"""Kernels kept from notebook to notebook through nbclient's kernel_manager_class: each
+notebook still starts as in a fresh kernel. Real kernels, real papermill."""
 
 from __future__ import annotations
 
-import json
 import os
+import subprocess
+import sys
 
 import nbformat
 import papermill
 import psutil
 import pytest
 
-from toolkit import kernels
+from toolkit.dag import kernels
+
+MANAGER = "toolkit.dag.kernels.ReusedKernelManager"
 
 
 @pytest.fixture(autouse=True)
-def _no_kernels_left():
+def no_kernel_left():
     yield
-    kernels.shutdown()
+    kernels.reuse(True)
+    kernels.shutdown_all()
 
 
-def _notebook(path, *cells: str) -> str:
+def notebook(path, *cells: str) -> str:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
     nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
@@ -28,152 +32,113 @@ def _notebook(path, *cells: str) -> str:
     return str(path)
 
 
-def _run(tmp_path, name, *cells, key="run-1", timeout=60):
-    source = _notebook(tmp_path / f"{name}.in.ipynb", *cells)
-    output = str(tmp_path / f"{name}.ipynb")
-    nb = papermill.execute_notebook(
+def execute(tmp_path, name: str, *cells: str, timeout: int = 120) -> list[str]:
+    """Execute a notebook with the kept-kernel manager; each cell's printed text."""
+    source = notebook(tmp_path / f"{name}.ipynb", *cells)
+    out = str(tmp_path / f"{name}.out.ipynb")
+    papermill.execute_notebook(
         source,
-        output,
-        engine_name=kernels.register_engine(),
-        kernel_key=key,
-        execution_timeout=timeout,
+        out,
+        kernel_name="python3",
+        kernel_manager_class=MANAGER,
         progress_bar=False,
+        execution_timeout=timeout,
     )
-    return nb
-
-
-def _text(nb, cell=-1) -> str:
-    return "".join(out.get("text", "") for out in nb.cells[cell].outputs)
+    cells_out = nbformat.read(out, as_version=4).cells
+    return ["".join(o.get("text", "") for o in c.outputs).strip() for c in cells_out]
 
 
 PID = "import os; print(os.getpid())"
 
 
-def test_a_run_reuses_its_kernel_and_each_notebook_starts_empty(tmp_path):
-    first = _run(tmp_path, "a", "x = 41\nimport json", PID)
-    second = _run(tmp_path, "b", "print(sorted(k for k in ('x', 'json') if k in globals()))", PID)
-    assert _text(first) == _text(second), "the second notebook ran in a new kernel"
-    assert _text(second, 0).strip() == "[]", "names from the first notebook leaked"
-    assert [c.execution_count for c in second.cells] == [1, 2]
-    assert kernels.idle_kernels() == [("run-1", 2)]
+def test_the_next_notebook_reuses_the_kernel_and_starts_with_an_empty_namespace(tmp_path):
+    first = execute(tmp_path, "a", PID, "leftover = 1; print('set')")
+    second = execute(tmp_path, "b", PID, "print('leftover' in globals())")
+    assert first[0] == second[0]  # the same process
+    assert first[1] == "set" and second[1] == "False"
+    assert kernels.live_kernels() == 1
 
 
 def test_env_and_cwd_follow_the_launcher_as_a_fresh_kernel_would(tmp_path, monkeypatch):
-    monkeypatch.setenv("TOOLKIT_GONE_LATER", "1")
-    monkeypatch.setenv("TOOLKIT_CHANGED_LATER", "before")
-    _run(tmp_path, "a", "x = 1")
-    monkeypatch.delenv("TOOLKIT_GONE_LATER")
-    monkeypatch.setenv("TOOLKIT_CHANGED_LATER", "after")
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
-    monkeypatch.chdir(workdir)
-    nb = _run(
-        tmp_path,
-        "b",
-        "import json, os\n"
-        "print(json.dumps([os.getcwd(), os.environ.get('TOOLKIT_GONE_LATER'),"
-        " os.environ['TOOLKIT_CHANGED_LATER']]))",
-    )
-    cwd, gone, changed = json.loads(_text(nb))
-    assert (os.path.realpath(cwd), gone, changed) == (os.path.realpath(workdir), None, "after")
+    probe = "import os; print(os.getcwd(), os.environ.get('TOOLKIT_PROBE'))"
+    monkeypatch.setenv("TOOLKIT_PROBE", "one")
+    execute(tmp_path, "a", "import os; os.environ['LEAK'] = 'x'; os.chdir('/')")
+    monkeypatch.setenv("TOOLKIT_PROBE", "two")
+    seen = execute(tmp_path, "b", probe, "import os; print(os.environ.get('LEAK'))")
+    assert seen == [f"{os.getcwd()} two", "None"]
 
 
-def test_a_failed_notebook_kills_its_kernel(tmp_path):
-    first = _run(tmp_path, "a", PID)
-    with pytest.raises(papermill.PapermillExecutionError, match="boom"):
-        _run(tmp_path, "b", "import builtins; builtins.poisoned = True", "raise ValueError('boom')")
-    pid = int(_text(first))
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert kernels.idle_kernels() == []
-    after = _run(tmp_path, "c", PID, "import builtins; print(hasattr(builtins, 'poisoned'))")
-    assert int(_text(after, 0)) != pid
-    assert _text(after).strip() == "False", "state of the failed notebook reached the next one"
+def test_kernels_get_one_library_thread_unless_the_operator_chose(tmp_path, monkeypatch):
+    for name in kernels.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    probe = "import os; print(os.environ['OMP_NUM_THREADS'], os.environ['OPENBLAS_NUM_THREADS'])"
+    assert execute(tmp_path, "a", probe) == ["3 1"]
+    assert "OPENBLAS_NUM_THREADS" not in os.environ  # the launcher itself is left alone
 
 
-def test_a_timed_out_cell_kills_its_kernel_and_the_next_notebook_runs(tmp_path):
-    first = _run(tmp_path, "a", PID)
+def test_a_timed_out_cell_fails_and_its_kernel_is_not_kept(tmp_path):
+    first = execute(tmp_path, "a", PID)[0]
     with pytest.raises(Exception, match="(?i)timeout|timed out"):
-        _run(tmp_path, "b", "import time; time.sleep(60)", timeout=2)
-    assert not psutil.pid_exists(int(_text(first))) or (
-        psutil.Process(int(_text(first))).status() == psutil.STATUS_ZOMBIE
+        execute(tmp_path, "b", "import time; time.sleep(60)", timeout=2)
+    assert psutil.pid_exists(int(first)) is False or not _alive(int(first))
+    assert execute(tmp_path, "c", PID)[0] != first
+
+
+def test_a_dead_kernel_fails_the_notebook_and_the_next_gets_a_new_one(tmp_path):
+    first = execute(tmp_path, "a", PID)[0]
+    with pytest.raises(Exception):  # noqa: B017 - nbclient's DeadKernelError, wrapped
+        execute(tmp_path, "b", "import os; os._exit(1)")
+    assert execute(tmp_path, "c", PID)[0] != first
+
+
+def test_fresh_kernels_when_reuse_is_off(tmp_path):
+    kernels.reuse(False)
+    assert execute(tmp_path, "a", PID) != execute(tmp_path, "b", PID)
+    assert kernels.live_kernels() == 0
+
+
+def test_shutdown_all_kills_the_kernels_and_removes_their_folders(tmp_path, monkeypatch):
+    private = tmp_path.parent / "tmp"
+    private.mkdir(exist_ok=True)
+    monkeypatch.setenv("TMPDIR", str(private))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    pid = int(execute(tmp_path, "a", PID)[0])
+    assert list(private.glob("toolkit-kernel-*"))
+    kernels.shutdown_all()
+    assert kernels.live_kernels() == 0 and not _alive(pid)
+    assert not list(private.glob("toolkit-kernel-*"))
+
+
+def test_no_output_is_lost_with_the_kept_client(tmp_path):
+    cells = [f"print({i}); print('x' * 10000)" for i in range(5)]
+    for name in ("a", "b", "c"):
+        outputs = execute(tmp_path, name, *cells)
+        assert [o.splitlines()[0] for o in outputs] == [str(i) for i in range(5)]
+
+
+def test_a_process_that_exits_leaves_no_kernel(tmp_path):
+    script = (
+        "import papermill, sys\n"
+        "for name in ('a', 'b'):\n"
+        f"    papermill.execute_notebook(sys.argv[1], sys.argv[1] + name, kernel_name='python3',"
+        f" kernel_manager_class={MANAGER!r}, progress_bar=False)\n"
+        "import nbformat\n"
+        "print(nbformat.read(sys.argv[1] + 'b', as_version=4).cells[0].outputs[0]['text'])\n"
     )
-    assert _run(tmp_path, "c", "print(1 + 1)").cells[0].outputs[0]["text"].strip() == "2"
-
-
-def test_a_dead_kernel_fails_the_notebook_and_is_replaced(tmp_path):
-    _run(tmp_path, "a", "x = 1")
-    with pytest.raises(Exception, match="(?i)dead|died|kernel"):
-        _run(tmp_path, "b", "import os; os._exit(1)")
-    assert kernels.idle_kernels() == []
-    assert _text(_run(tmp_path, "c", "print('alive')")).strip() == "alive"
-
-
-def test_runs_never_share_a_kernel_and_shutdown_kills_a_runs_kernel(tmp_path):
-    one = int(_text(_run(tmp_path, "a", PID, key="run-1")))
-    two = int(_text(_run(tmp_path, "b", PID, key="run-2")))
-    assert one != two
-    kernels.shutdown("run-1")
-    assert kernels.idle_kernels() == [("run-2", 1)]
-    assert not psutil.pid_exists(one) or psutil.Process(one).status() == psutil.STATUS_ZOMBIE
-    assert psutil.pid_exists(two)
-
-
-def test_at_most_max_idle_kernels_are_kept(tmp_path):
-    for index in range(kernels.MAX_IDLE + 1):
-        _run(tmp_path, f"nb{index}", "x = 1", key=f"run-{index}")
-    kept = [key for key, _ in kernels.idle_kernels()]
-    assert kept == [f"run-{index}" for index in range(1, kernels.MAX_IDLE + 1)]
-
-
-def test_a_prestarted_kernel_has_the_notebooks_imports_loaded_and_binds_no_names(tmp_path):
-    source = tmp_path / "step.py"
-    source.write_text("# %%\nimport tomllib\nfrom email import mime, parser as p\n")
-    kernels.prestart("run-1", source)
-    assert kernels.idle_kernels() == [("run-1", 0)]
-    nb = _run(
-        tmp_path,
-        "a",
-        "import sys\nprint(['tomllib' in sys.modules, 'email.mime' in sys.modules,"
-        " sorted(n for n in ('tomllib', 'mime', '_toolkit_module') if n in globals())])",
+    source = notebook(tmp_path / "pid.ipynb", PID)
+    result = subprocess.run(
+        [sys.executable, "-c", script, source], capture_output=True, text=True, timeout=300
     )
-    assert _text(nb).strip() == "[True, True, []]"
-    assert kernels.idle_kernels() == [("run-1", 1)], "the prestarted kernel was not used"
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not _alive(int(result.stdout.strip()))
+    assert "running over TCP" not in result.stderr
 
 
-def test_a_prestart_whose_import_fails_leaves_the_error_to_the_notebook(tmp_path):
-    source = tmp_path / "step.py"
-    source.write_text("import no_such_module_here\n")
-    kernels.prestart("run-1", source)
-    with pytest.raises(papermill.PapermillExecutionError, match="no_such_module_here"):
-        _run(tmp_path, "a", "import no_such_module_here")
-
-
-def test_imported_modules_reads_import_lines_only():
-    source = (
-        "# %%\nimport a, b as c  # note\nfrom .relative import x\n"
-        "from d.e import (f,\n    g)\ntext = 'import z'  # import y\n    import h.i\n"
-    )
-    assert kernels.imported_modules(source) == ["a", "b", "d.e", "d.e.f", "h.i"]
-
-
-def test_a_prestart_that_cannot_start_leaves_the_kernel_to_the_engine(tmp_path):
-    kernels.prestart("run-1", tmp_path / "no-such-notebook.py")
-    assert kernels.idle_kernels() == []
-    assert _text(_run(tmp_path, "a", "print(6 * 7)")).strip() == "42"
-
-
-def test_the_runs_client_is_kept_between_notebooks_and_no_output_is_lost(tmp_path):
-    source = tmp_path / "step.py"
-    source.write_text("import json\n")
-    kernels.prestart("run-1", source)
-    lines = "for i in range(300):\n    print(i)"
-    first = _run(tmp_path, "a", lines, "display({'text/plain': 'shown'}, raw=True)", "6 * 7")
-    client = kernels._POOL._idle[0].client
-    assert client is not None, "the prestart's client was not kept"
-    second = _run(tmp_path, "b", lines, "6 * 7")
-    assert kernels._POOL._idle[0].client is client, "a new client was made"
-    expected = "".join(f"{i}\n" for i in range(300))
-    assert _text(first, 0) == _text(second, 0) == expected
-    assert first.cells[1].outputs[0]["data"]["text/plain"] == "shown"
-    assert second.cells[1].outputs[0]["data"]["text/plain"] == "42"
-    assert [c.execution_count for c in second.cells] == [1, 2]
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -272,7 +272,7 @@ def test_inject_after_toolkit_run_fetches_from_the_run_cache(built, ran, tmp_pat
 
     # In the copy's own interpreter, as a data scientist would run it there.
     script = (
-        "import json; from toolkit import notebooks; "
+        "import json; from toolkit.dev import notebooks; "
         "done = [notebooks.inject('price_elasticity', refresh=r) for r in (False, False, True)]; "
         "print(json.dumps([[d.downloaded, d.upstream] for d in done])); "
         "notebooks.remove_injected('price_elasticity')"

@@ -207,8 +207,8 @@ def test_a_kept_plan_is_reused_without_ploomber_until_a_file_that_decides_it_cha
 
 def test_a_plan_for_a_project_grown_by_new_step_has_the_new_step(project_copy, local_root):
     shutil.copytree(PROJECT_DIR / "configs", project_copy / "configs")
-    (project_copy / "toolkit").mkdir()
-    shutil.copy(PROJECT_DIR / "toolkit" / "data" / "schemas.py", project_copy / "toolkit")
+    (project_copy / "toolkit" / "data").mkdir(parents=True)
+    shutil.copy(PROJECT_DIR / "toolkit" / "data" / "schemas.py", project_copy / "toolkit" / "data")
     before = [s.name for s in pipeline.plan({}, project_copy)]
     notebooks.new_step("price_check", after="optimize", project_dir=project_copy)
     after = pipeline.plan({}, project_copy)

@@ -26,6 +26,7 @@ still over IPC.
 
 from __future__ import annotations
 
+import ast
 import atexit
 import json
 import logging
@@ -152,7 +153,7 @@ class _Kernel:
         self.folder = folder
         self.client: KeptClient | None = None
         self.thread = threading.get_ident()
-        self.env_at_start = dict(os.environ)
+        self.own_env: dict[str, str] = {}  # what the kernel adds to its environment itself
 
     @classmethod
     async def start(cls, kernel_name: str, **start_args) -> _Kernel:
@@ -164,8 +165,18 @@ class _Kernel:
             folder = tempfile.mkdtemp(prefix="toolkit-kernel-", dir=base)
             options.update(transport="ipc", ip=os.path.join(folder, "kernel"))
         kernel = cls(AsyncKernelManager(**options), folder)
+        launched_with = kernel_environment()
         try:
-            await kernel.manager.start_kernel(env=kernel_environment(), **start_args)
+            await kernel.manager.start_kernel(env=launched_with, **start_args)
+            kernel.client = kernel.manager.client()
+            kernel.client.start_channels()
+            await kernel.client.wait_for_ready(timeout=start_args.get("timeout", 60))
+            kernel.client.kept = True  # ready: nbclient need not wait for it again
+            reply = await kernel._request("", 60, {"env": "dict(__import__('os').environ)"})
+            found = reply["content"]["user_expressions"]["env"]["data"]["text/plain"]
+            kernel.own_env = {
+                k: v for k, v in ast.literal_eval(found).items() if k not in launched_with
+            }
         except BaseException:
             await kernel.close()
             raise
@@ -173,15 +184,15 @@ class _Kernel:
 
     async def reset(self, cwd: str) -> bool:
         """Make the kernel look freshly started in ``cwd``; False if it did not answer."""
-        env = kernel_environment()
-        gone = sorted(set(self.env_at_start) - set(env))
+        env = {**kernel_environment(), **self.own_env}
         code = "\n".join(
             [
                 "import os as _os",
                 f"_os.chdir({cwd!r})",
-                f"for _name in {gone!r}:",
-                "    _os.environ.pop(_name, None)",
-                f"_os.environ.update({json.dumps(env)})",
+                f"_env = {json.dumps(env)}",
+                "for _name in [_n for _n in _os.environ if _n not in _env]:",
+                "    del _os.environ[_name]",
+                "_os.environ.update(_env)",
                 "get_ipython().reset(new_session=True)",
                 "__import__('gc').collect()",
             ]
@@ -193,9 +204,13 @@ class _Kernel:
         """Whether the kernel answers at once: nothing of the last notebook still runs."""
         return await self._request("", QUIET_SECONDS) is not None
 
-    async def _request(self, code: str, timeout: float) -> dict | None:
+    async def _request(
+        self, code: str, timeout: float, expressions: dict | None = None
+    ) -> dict | None:
         client = self.client
-        msg_id = client.execute(code, silent=True, store_history=False)
+        msg_id = client.execute(
+            code, silent=not expressions, store_history=False, user_expressions=expressions
+        )
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -265,10 +280,7 @@ class ReusedKernelManager(AsyncKernelManager):
         self.kernel = kernel
 
     def client(self, **kwargs) -> KeptClient:
-        kernel = self.kernel
-        if kernel.client is None:
-            kernel.client = kernel.manager.client(**kwargs)
-        return kernel.client
+        return self.kernel.client
 
     async def is_alive(self) -> bool:
         return self.kernel is not None and await self.kernel.alive()

@@ -473,6 +473,7 @@ def _task_block(name: str, prefix: str, indent: int) -> str:
     return (
         f"\n{pad}- source: notebooks/{name}.py\n"
         f"{pad}  static_analysis: strict\n"
+        f"{pad}  executor_params: *execution\n"
         f"{pad}  on_failure: toolkit.dag.pipeline.set_aside_failed_notebook\n"
         f"{pad}  product:\n"
         f'{pad}    nb: "{prefix}/{name}/{name}.ipynb"\n'
@@ -561,7 +562,7 @@ def _notebook_code(name: str, after: str, contract: str, column: str | None, new
         "# %%\n"
         "from pathlib import Path\n"
         "\n"
-        "from toolkit import io, schemas\n"
+        "from toolkit.data import io, schemas\n"
         "\n"
         'reports = str(Path(product["nb"]).parent)\n'
         "data = io.read(\n"
@@ -623,7 +624,7 @@ def _test_code(name: str, column: str | None, new: str) -> str:
         "import pandas as pd\n"
         "import pytest\n"
         "\n"
-        "from toolkit import io, schemas\n"
+        "from toolkit.data import io, schemas\n"
         "\n"
         "\n"
         "def valid_summary() -> pd.DataFrame:\n"
