@@ -8,13 +8,10 @@ import socket
 from pathlib import Path
 
 import pytest
-
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+from helpers import PROJECT_DIR
 
 os.environ["PLOOMBER_STATS_ENABLED"] = "false"
 os.environ["PLOOMBER_VERSION_CHECK_DISABLED"] = "1"
-# No run leaves a kernel waiting for the next (toolkit.dag.spare_kernels), unless a test says so.
-os.environ["TOOLKIT_SPARE_KERNEL_MINUTES"] = "0"
 
 
 def free_port() -> int:

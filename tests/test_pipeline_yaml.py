@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import PROJECT_DIR
 
 from toolkit.data import io, schemas, storage
 from toolkit.pricing import demo_data
 
 pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves these out
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 N_PRODUCTS = 60
 

@@ -8,16 +8,15 @@ import datetime as dt
 import json
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from helpers import PROJECT_DIR
 
 from toolkit import config as config_mod
 from toolkit.data import io, schemas, storage
 from toolkit.runs import store as runs
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 APP_MAIN = PROJECT_DIR / "app" / "main.py"
 XSS = "<img src=x onerror=alert(1)>"
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 import tomllib
-from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
+from helpers import PROJECT_DIR
 
 
 def test_streamlit_config_keeps_protections_on_and_binds_to_localhost():

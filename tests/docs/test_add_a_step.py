@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import PROJECT_DIR
 
 pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves these out
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 TUTORIAL = PROJECT_DIR / "docs" / "add-a-step.md"
 BIN = Path(sys.executable).parent
 NOT_COPIED = (".venv", ".git", "store", ".toolkit", "*_cache", "__pycache__", "*.egg-info")

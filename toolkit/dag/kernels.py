@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import ast
 import atexit
-import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 from jupyter_client import AsyncKernelClient, AsyncKernelManager
 from jupyter_core.utils import run_sync
@@ -62,6 +62,7 @@ THREAD_VARIABLES = (
     "VECLIB_MAXIMUM_THREADS",
     "NUMEXPR_NUM_THREADS",
 )
+STARTUP_SECONDS = 60.0
 QUIET_SECONDS = 2.0  # how long a kernel may take to answer once its notebook ended
 RESET_SECONDS = 30.0
 
@@ -157,12 +158,17 @@ class _Kernel:
 
     @classmethod
     async def start(cls, kernel_name: str, **start_args) -> _Kernel:
-        folder = None
-        options: dict = {"kernel_name": kernel_name, "client_class": f"{__name__}.KeptClient"}
+        base = _kernels_folder()
+        _remove_orphans(base)
+        # Sockets and connection file in one private folder named after this process, so
+        # the next process can tell what a killed one left behind.
+        folder = tempfile.mkdtemp(prefix=f"toolkit-kernel-{os.getpid()}-", dir=base)
+        options: dict = {
+            "kernel_name": kernel_name,
+            "client_class": f"{__name__}.KeptClient",
+            "connection_file": os.path.join(folder, "kernel.json"),
+        }
         if os.name == "posix":
-            # A Unix socket path must fit in about 100 bytes: a deep TMPDIR leaves no room.
-            base = None if len(tempfile.gettempdir()) <= 60 else "/tmp"  # noqa: S108
-            folder = tempfile.mkdtemp(prefix="toolkit-kernel-", dir=base)
             options.update(transport="ipc", ip=os.path.join(folder, "kernel"))
         kernel = cls(AsyncKernelManager(**options), folder)
         launched_with = kernel_environment()
@@ -170,9 +176,12 @@ class _Kernel:
             await kernel.manager.start_kernel(env=launched_with, **start_args)
             kernel.client = kernel.manager.client()
             kernel.client.start_channels()
-            await kernel.client.wait_for_ready(timeout=start_args.get("timeout", 60))
+            await kernel.client.wait_for_ready(timeout=STARTUP_SECONDS)
             kernel.client.kept = True  # ready: nbclient need not wait for it again
-            reply = await kernel._request("", 60, {"env": "dict(__import__('os').environ)"})
+            expressions = {"env": "dict(__import__('os').environ)"}
+            reply = await kernel._request("", STARTUP_SECONDS, expressions)
+            if reply is None:
+                raise RuntimeError(f"kernel {kernel_name!r} did not answer once started")
             found = reply["content"]["user_expressions"]["env"]["data"]["text/plain"]
             kernel.own_env = {
                 k: v for k, v in ast.literal_eval(found).items() if k not in launched_with
@@ -184,12 +193,12 @@ class _Kernel:
 
     async def reset(self, cwd: str) -> bool:
         """Make the kernel look freshly started in ``cwd``; False if it did not answer."""
-        env = {**kernel_environment(), **self.own_env}
+        env = {**self.own_env, **kernel_environment()}  # the launcher's values win
         code = "\n".join(
             [
                 "import os as _os",
                 f"_os.chdir({cwd!r})",
-                f"_env = {json.dumps(env)}",
+                f"_env = {env!r}",
                 "for _name in [_n for _n in _os.environ if _n not in _env]:",
                 "    del _os.environ[_name]",
                 "_os.environ.update(_env)",
@@ -311,6 +320,36 @@ class ReusedKernelManager(AsyncKernelManager):
             with _lock:
                 _busy.discard(kernel)
             await kernel.close()
+
+
+def _kernels_folder() -> str | None:
+    # A Unix socket path must fit in about 100 bytes: a deep TMPDIR leaves no room.
+    return None if len(tempfile.gettempdir()) <= 60 else "/tmp"  # noqa: S108
+
+
+_swept = False
+
+
+def _remove_orphans(base: str | None) -> None:
+    """Remove the kernel folders of processes that are gone (killed before they could)."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    for path in Path(base or tempfile.gettempdir()).glob("toolkit-kernel-*-*"):
+        owner = path.name.split("-")[2]
+        if owner.isdigit() and not _process_exists(int(owner)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def _take_idle(kernel_name: str) -> _Kernel | None:

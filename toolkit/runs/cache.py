@@ -11,6 +11,7 @@ step. Concurrent executions of one key both publish; readers take the earliest.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import posixpath
@@ -45,6 +46,12 @@ def _toolkit_imports(source: str) -> set[str]:
     return {name for name in found if _module_file(name) is not None}
 
 
+@functools.cache
+def _module_imports(name: str) -> frozenset[str]:
+    """The toolkit modules one toolkit module imports (parsed once per process)."""
+    return frozenset(_toolkit_imports(_module_file(name).read_text()))
+
+
 def _module_file(name: str) -> Path | None:
     """The source file of a toolkit module or package (``toolkit.data.io``), if any."""
     path = PACKAGE_DIR.parent.joinpath(*name.split("."))
@@ -66,7 +73,7 @@ def code_fingerprint(source: str) -> str:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo += sorted(_toolkit_imports(_module_file(name).read_text()) - seen)
+            todo += sorted(_module_imports(name) - seen)
     digest = hashlib.sha256()
     for name in sorted(seen | {"toolkit"}):
         digest.update(name.encode() + b"\0" + _module_file(name).read_bytes())

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from toolkit.dag import kernels, pipeline
+from toolkit.dag import pipeline
 from toolkit.data import storage
 from toolkit.runs import cache, store
 
@@ -62,6 +62,8 @@ def execute_step(request: dict[str, Any]) -> dict[str, Any]:
         ``report`` (contract failures) and ``debug`` (URLs of the partial notebook and
         reports kept under the run).
     """
+    from toolkit.dag import kernels  # jupyter_client (0.08 s): not for a fully cached run
+
     os.environ["TOOLKIT_ROOT"] = request["root"]  # the worker writes where the run lives
     kernels.reuse(request.get("kernel", "reuse") == "reuse")
     step = request["step"]
@@ -210,4 +212,6 @@ def release_kernels(run_id: str) -> None:
     A kernel is never kept from one run for the next: module state one run's steps left
     cannot reach another run.
     """
+    from toolkit.dag import kernels
+
     kernels.close_idle()

@@ -11,13 +11,13 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from helpers import PROJECT_DIR
 
 from toolkit.cli import dev as cli_dev
 from toolkit.data import io, schemas, storage
 from toolkit.dev import contracts_doc
 from toolkit.pricing import demo_data
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 

@@ -10,10 +10,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import PROJECT_DIR, TOOLKIT, toolkit, toolkit_env
 
 from toolkit.data import storage
 from toolkit.pricing import demo_data
@@ -21,26 +21,6 @@ from toolkit.runs import cache
 from toolkit.runs import store as runs
 
 pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves these out
-
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-TOOLKIT = [sys.executable, "-m", "toolkit.cli.commands"]
-
-
-def toolkit_env(root, **extra):
-    env = dict(os.environ, TOOLKIT_ROOT=str(root), TOOLKIT_HEARTBEAT_SECONDS="1")
-    env.update(PLOOMBER_STATS_ENABLED="false", **extra)
-    return env
-
-
-def toolkit(args, env, check=True, cwd=PROJECT_DIR, timeout=600):
-    result = subprocess.run(
-        TOOLKIT + args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"toolkit {args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
-        )
-    return result
 
 
 def record_of(root, run_id):

@@ -11,10 +11,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import PROJECT_DIR, TOOLKIT, toolkit, toolkit_env
 
 from toolkit.data import storage
 from toolkit.pricing import demo_data
@@ -25,28 +25,8 @@ from toolkit.runs.backfill import BackfillError, parse_periods
 
 pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves these out
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-TOOLKIT = [sys.executable, "-m", "toolkit.cli.commands"]
 MARKETS, PERIODS = "US,DE", "2026-10..2026-11"
 COMBINATIONS = [("US", "2026-10"), ("US", "2026-11"), ("DE", "2026-10"), ("DE", "2026-11")]
-
-
-def toolkit_env(root, **extra):
-    env = dict(os.environ, TOOLKIT_ROOT=str(root), TOOLKIT_HEARTBEAT_SECONDS="1")
-    env.update(PLOOMBER_STATS_ENABLED="false", **extra)
-    env.pop("DASK_SCHEDULER_ADDRESS", None)
-    return env
-
-
-def toolkit(args, env, check=True, timeout=1500):
-    result = subprocess.run(
-        TOOLKIT + args, env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"toolkit {args} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-        )
-    return result
 
 
 def record_of(root, run_id):

@@ -14,6 +14,7 @@ import nbformat
 import pandas as pd
 import pytest
 import yaml
+from helpers import PROJECT_DIR
 
 from toolkit.data import storage
 from toolkit.dev import notebooks
@@ -21,7 +22,6 @@ from toolkit.pricing import demo_data
 
 pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves these out
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 N_PRODUCTS = 40
 NOT_COPIED = (".venv", ".git", "store", ".toolkit", "*_cache", "__pycache__", "*.egg-info")
@@ -331,7 +331,7 @@ def project(tmp_path) -> Path:
         ("config", "forecast", "is a notebook parameter name"),
         ("forecast", "load_transform", "step 'forecast' already exists in pipeline.yaml"),
         ("plan", "forecast", "toolkit/data/schemas.py already defines Plan"),
-        ("notebooks", "forecast", "tests/toolkit/test_notebooks.py exists already"),
+        ("notebooks", "forecast", "tests/toolkit/dev/test_notebooks.py exists already"),
         ("elasticity", "nowhere", "--after 'nowhere' is not a step in pipeline.yaml; steps: "),
         ("elasticity", "format_output", "step 'format_output' has no parquet `data` product"),
     ],

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import PROJECT_DIR
 
 from toolkit import config as config_mod
 from toolkit.dag import client as ploomber_storage
@@ -17,8 +18,6 @@ from toolkit.dag import pipeline
 from toolkit.data import storage
 from toolkit.dev import notebooks
 from toolkit.runs import cache, runner
-
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 def test_each_step_gets_only_its_section():

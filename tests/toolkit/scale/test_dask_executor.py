@@ -8,14 +8,13 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import toolkit, toolkit_env
 
 from toolkit.data import storage
 from toolkit.pricing import demo_data
@@ -24,27 +23,6 @@ from toolkit.runs import store as runs
 from toolkit.scale.dask_executor import DaskExecutor, DaskUnavailable, ProjectMismatch, StepLost
 
 pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves these out
-
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-TOOLKIT = [sys.executable, "-m", "toolkit.cli.commands"]
-
-
-def toolkit_env(root, **extra):
-    env = dict(os.environ, TOOLKIT_ROOT=str(root), TOOLKIT_HEARTBEAT_SECONDS="1")
-    env.update(PLOOMBER_STATS_ENABLED="false", **extra)
-    env.pop("DASK_SCHEDULER_ADDRESS", None)  # each test says which cluster it wants
-    return env
-
-
-def toolkit(args, env, check=True, timeout=900):
-    result = subprocess.run(
-        TOOLKIT + args, env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"toolkit {args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
-        )
-    return result
 
 
 def record_of(root, run_id):
