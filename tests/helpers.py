@@ -16,7 +16,8 @@ TOOLKIT = [sys.executable, "-m", "toolkit.cli.commands"]
 def toolkit_env(root, **extra) -> dict[str, str]:
     """The environment of a `toolkit` process on storage root ``root``: beats every second,
     no Dask scheduler unless the test names one."""
-    env = dict(os.environ, TOOLKIT_ROOT=str(root), TOOLKIT_HEARTBEAT_SECONDS="1", **extra)
+    env = dict(os.environ, TOOLKIT_ROOT=str(root), TOOLKIT_HEARTBEAT_SECONDS="1")
+    env.update(extra)
     if "DASK_SCHEDULER_ADDRESS" not in extra:
         env.pop("DASK_SCHEDULER_ADDRESS", None)
     return env

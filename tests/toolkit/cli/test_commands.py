@@ -1,0 +1,81 @@
+"""The `toolkit` command as a process: what it leaves behind when it is stopped, and how
+it says it is outside a project."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from helpers import PROJECT_DIR, TOOLKIT, toolkit, toolkit_env
+
+from toolkit.pricing import demo_data
+from toolkit.runs import store as runs
+
+
+def start_run(env) -> tuple[subprocess.Popen, list[str]]:
+    """`toolkit run --force`, returned once the forecast step is executing."""
+    process = subprocess.Popen(
+        [*TOOLKIT, "run", "--force"],
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if "forecast: running" in line:
+            return process, seen
+    raise AssertionError(f"the run ended before its forecast step: {''.join(seen)}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stopped_run_leaves_no_kernel_and_no_temporary_folder(tmp_path, stop):
+    private_tmp = tempfile.mkdtemp(prefix="tk-", dir="/tmp")  # noqa: S108 - short socket paths
+    root = tmp_path / "store"
+    demo_data.write(["US"], n_products=40, root=str(root))
+    env = toolkit_env(root, TMPDIR=private_tmp, TOOLKIT_HEARTBEAT_SECONDS="5")
+    process, _ = start_run(env)
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert any("ipykernel" in " ".join(c.cmdline()) for c in children), "no kernel running"
+    time.sleep(0.5)
+    process.send_signal(stop)
+    rest = process.stdout.read()
+    assert process.wait(timeout=120) == 130, rest
+    assert "toolkit resume" in rest
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], [p.cmdline() for p in alive]
+    left = [p.name for p in Path(private_tmp).iterdir() if p.name.startswith("toolkit-")]
+    assert left == []
+    shutil.rmtree(private_tmp, ignore_errors=True)
+    [record] = runs.list_runs(str(root))
+    assert runs.effective_status(record) == "interrupted"
+
+
+def test_outside_a_project_every_command_says_where_to_go(tmp_path):
+    env = toolkit_env(tmp_path / "store")
+    env.pop("TOOLKIT_PROJECT", None)
+    result = toolkit(["config", "show"], env, check=False, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "not inside a toolkit project: no pipeline.yaml in" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_second_checkout_is_its_own_project(project_copy, local_root):
+    shutil.copytree(PROJECT_DIR / "configs", project_copy / "configs")
+    (project_copy / "toolkit" / "data").mkdir(parents=True)
+    shutil.copy(PROJECT_DIR / "toolkit" / "data" / "schemas.py", project_copy / "toolkit" / "data")
+    env = toolkit_env(local_root)
+    toolkit(["new-step", "price_check", "--after", "optimize"], env, cwd=project_copy / "notebooks")
+    assert "price_check" in (project_copy / "pipeline.yaml").read_text()
+    assert (project_copy / "notebooks" / "price_check.py").exists()
+    assert "price_check" not in (PROJECT_DIR / "pipeline.yaml").read_text()
+    assert not (PROJECT_DIR / "notebooks" / "price_check.py").exists()
