@@ -32,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from toolkit import project
+from toolkit.data import storage
 
 __all__ = [
     "ConfigError",
@@ -303,8 +304,6 @@ def _parsed_yaml(text: str, source: str) -> Any:
 
 
 def _read_layer(url: str) -> dict:
-    from toolkit.data import storage
-
     try:
         with storage.open_url(url, "rb") as fh:
             raw = fh.read(MAX_CONFIG_BYTES + 1)

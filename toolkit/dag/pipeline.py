@@ -21,26 +21,21 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from toolkit import config as config_mod
 from toolkit import project
 from toolkit.data import storage
 
-if TYPE_CHECKING:
-    from toolkit.dag.client import StorageClient
-
 __all__ = [
     "STEPS",
     "Step",
-    "StorageClient",
     "load_dag",
     "plan",
     "resolve_from_env",
     "run_identity",
     "set_aside_failed_notebook",
     "step_config",
-    "storage_client",
 ]
 
 _log = logging.getLogger(__name__)
@@ -105,22 +100,6 @@ def step_config(
         # the same config delivers with the same idempotency key.
         values["run_id"] = run_id or f"build-{resolved.digest()[:12]}"
     return values
-
-
-def storage_client() -> StorageClient:
-    """Factory named in ``pipeline.yaml`` (``clients: File:``)."""
-    from toolkit.dag.client import StorageClient
-
-    return StorageClient()
-
-
-def __getattr__(name: str):
-    # ``toolkit.dag.pipeline.StorageClient`` still works, importing Ploomber only when used.
-    if name == "StorageClient":
-        from toolkit.dag.client import StorageClient
-
-        return StorageClient
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_dag(env: dict | None = None, project_dir: Path | None = None):

@@ -6,6 +6,8 @@ import inspect
 from pathlib import Path
 
 from toolkit import project
+from toolkit.config import Constraints
+from toolkit.data import schemas
 
 __all__ = ["DOC_NAME", "doc_path", "render", "write"]
 
@@ -114,9 +116,6 @@ def _frame_rules(schema) -> list[str]:
 
 def _plan_constraints() -> str:
     """The checks ``plan_contract`` adds, shown with the config model's defaults."""
-    from toolkit.config import Constraints
-    from toolkit.data import schemas
-
     defaults = Constraints().model_dump()
     base = {check.name for check in schemas.Plan.to_schema().checks}
     added = [
@@ -138,8 +137,6 @@ def render() -> str:
         The text of ``docs/contracts.md``: per contract its docstring, a table of columns
         (type, nullable, checks, description) and its dataframe-level rules and checks.
     """
-    from toolkit.data import schemas
-
     lines = [
         "<!-- Generated from toolkit/data/schemas.py by `toolkit schemas docs`; do not edit. -->",
         "",

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from toolkit.data import io, schemas, storage
+
 MARKETS: dict[str, str] = {
     "US": "USD",
     "DE": "EUR",
@@ -461,8 +463,6 @@ def write(
     Returns:
         Per market: the URLs written and the number of sales rows.
     """
-    from toolkit.data import io, schemas, storage
-
     written = {}
     for market, (catalog, sales) in generate(markets, n_products=n_products, seed=seed).items():
         catalog_url = storage.raw_url(market, "catalog", root)

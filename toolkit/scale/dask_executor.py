@@ -7,19 +7,27 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
 
 from toolkit import project
+from toolkit.runs.executors import release_kernels
 
 try:
-    from distributed import WorkerPlugin
+    import dask
+    from distributed import Client, LocalCluster, WorkerPlugin, wait
+    from distributed.client import FuturesCancelledError
+    from distributed.scheduler import KilledWorker
 except ImportError:  # the "scale" extra is not installed; DaskExecutor says so
+    dask = Client = LocalCluster = wait = None
     WorkerPlugin = object
+    FuturesCancelledError = KilledWorker = RuntimeError
 
 __all__ = [
     "DaskExecutor",
@@ -74,8 +82,6 @@ def _run_checked(expected: str, fn, *args):
     """
     found = project_fingerprint()
     if found != expected:
-        import socket
-
         raise ProjectMismatch(
             f"worker on {socket.gethostname()} has another toolkit project at {project.root()} "
             f"(fingerprint {found[:12]}) than the launcher ({expected[:12]}); deploy the "
@@ -129,10 +135,6 @@ class StepFuture:
             StepLost: its workers died more often than the scheduler allows (Dask's
                 ``KilledWorker``), or the cluster cancelled it.
         """
-        from concurrent.futures import CancelledError
-
-        from distributed.scheduler import KilledWorker
-
         try:
             return self.dask_future.result(timeout=timeout)
         except KilledWorker as exc:
@@ -229,9 +231,6 @@ class DaskExecutor:
         self.address = self.client.scheduler.address
 
     def _start_local(self, workers: int):
-        import dask
-        from distributed import Client, LocalCluster
-
         self._tmp = tempfile.mkdtemp(prefix="toolkit-dask-")
         settings = {
             # Worker deaths a task survives: ``retries`` is the one knob for both retries.
@@ -325,9 +324,6 @@ class DaskExecutor:
         Raises:
             KeyboardInterrupt: the executor was asked to stop (``interrupt``).
         """
-        from distributed import wait
-        from distributed.client import FuturesCancelledError
-
         futures = list(futures)
         if not futures:
             return [], []
@@ -384,8 +380,6 @@ class DaskExecutor:
 
     def release(self, run_id: str) -> None:
         """The run is over: kill the kernels its steps left idle on the workers."""
-        from toolkit.runs.executors import release_kernels
-
         # A lost scheduler or worker took its kernels with it.
         with contextlib.suppress(Exception):
             self.client.run(release_kernels, run_id, wait=True)
@@ -434,8 +428,6 @@ class DaskExecutor:
 
 
 def _connect(address: str):
-    from distributed import Client
-
     started = time.monotonic()
     try:
         # Gives up after distributed.comm.timeouts.connect (30 s unless configured).

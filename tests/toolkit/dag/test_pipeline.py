@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import PROJECT_DIR
+from ploomber.products import File
 
 from toolkit import config as config_mod
 from toolkit.dag import client as ploomber_storage
@@ -90,16 +91,9 @@ def test_client_sets_a_failed_notebook_aside(local_root, tmp_path):
     assert storage.exists(storage.join(base, "optimize.failed.ipynb"))
 
 
-def test_storage_client_is_still_reachable_through_the_pipeline_module():
-    assert pipeline.StorageClient is ploomber_storage.StorageClient
-    assert isinstance(pipeline.storage_client(), ploomber_storage.StorageClient)
-    with pytest.raises(AttributeError, match="no attribute 'NoSuchThing'"):
-        _ = pipeline.NoSuchThing
-
-
-# ---------------------------------------------------------------------------
-# Planning: Ploomber's DAG, kept under a key of what decides it
-# ---------------------------------------------------------------------------
+def test_pipeline_yaml_names_the_storage_client(local_root):
+    dag = pipeline.load_dag({})
+    assert isinstance(dag.clients[File], ploomber_storage.StorageClient)
 
 
 def ploomber_key_inputs(env: dict, project_dir: Path = PROJECT_DIR) -> list[tuple]:
