@@ -128,7 +128,7 @@ class KeptClient(AsyncKernelClient):
     """A kernel client that stays connected while its kernel is kept for the next notebook.
 
     nbclient connects a new client and waits for IOPub to fall silent for each notebook
-    (0.2 s each); a kept kernel's client is connected and known ready already.
+    each time; a kept kernel's client is connected and known ready already.
     """
 
     kept = False
@@ -281,6 +281,9 @@ class ReusedKernelManager(AsyncKernelManager):
             kernel = None
         if kernel is None:
             kernel = await _Kernel.start(self.kernel_name, **kwargs)
+            _log.info("kernel %s started in %s", self.kernel_name, kernel.folder)
+        else:
+            _log.info("kept kernel %s reset for the next notebook", self.kernel_name)
         with _lock:
             _busy.add(kernel)
             if not _atexit_registered:
@@ -311,6 +314,7 @@ class ReusedKernelManager(AsyncKernelManager):
             for old in _release(kernel):
                 await old.close()
         else:
+            _log.info("kernel closed: its notebook was interrupted or it did not answer")
             await kernel.close()
 
     async def cleanup_resources(self, restart: bool = False) -> None:

@@ -179,6 +179,7 @@ def plan(env: dict | None = None, project_dir: Path | str | None = None) -> list
     except (OSError, ValueError):
         data = None
     if data is None:
+        _log.info("planning with Ploomber; the plan is kept as %s", kept)
         dag = load_dag(env, project_dir)
         names = list(dag)  # Ploomber's topological order: each step after its upstream
         data = [

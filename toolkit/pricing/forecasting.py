@@ -10,7 +10,7 @@ import pandas as pd
 
 from toolkit.runs import reports
 
-# statsmodels (~2 s to import) is imported where a model is fitted, so reading results
+# statsmodels (slow to import) is imported where a model is fitted, so reading results
 # (summarize_backtest) does not pay for it.
 
 __all__ = [
@@ -329,7 +329,7 @@ def _regress(series: pd.DataFrame, season_length: int, cov_type: str = "nonrobus
     The price column is left out when the price never moved, as it then carries no
     price information and would only make the design singular.
     """
-    import statsmodels.api as sm  # about a second to import: only where a model is fitted
+    import statsmodels.api as sm
 
     t = series["t"].to_numpy()
     design = pd.concat([_trend(t, season_length), _fourier(t, season_length)], axis=1)
@@ -344,7 +344,7 @@ def _regress(series: pd.DataFrame, season_length: int, cov_type: str = "nonrobus
 
 def _forecast_series(series: pd.DataFrame, horizon: int, season_length: int) -> np.ndarray:
     """Forecasts one product's units for the next `horizon` weeks at list price."""
-    from statsmodels.tools.sm_exceptions import ConvergenceWarning  # as above
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
     from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
     if not series["units"].any():

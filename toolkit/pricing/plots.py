@@ -16,7 +16,7 @@ def history_and_forecast(
     history_weeks: int = 78,
 ):
     """Recent weekly units and the forecast, one panel per product."""
-    import matplotlib.pyplot as plt  # 0.4 s: steps that draw nothing never pay it
+    import matplotlib.pyplot as plt  # slow to import: steps that draw nothing never pay it
 
     ids = list(product_ids)
     fig, axes = plt.subplots(

@@ -62,12 +62,13 @@ def execute_step(request: dict[str, Any]) -> dict[str, Any]:
         ``report`` (contract failures) and ``debug`` (URLs of the partial notebook and
         reports kept under the run).
     """
-    from toolkit.dag import kernels  # jupyter_client (0.08 s): not for a fully cached run
+    from toolkit.dag import kernels  # jupyter_client: a fully cached run need not load it
 
     os.environ["TOOLKIT_ROOT"] = request["root"]  # the worker writes where the run lives
     kernels.reuse(request.get("kernel", "reuse") == "reuse")
     step = request["step"]
     workspace = Path(tempfile.mkdtemp(prefix=f"toolkit-{step}-"))
+    _log.info("step %s of run %s: workspace %s", step, request["run_id"], workspace)
     started = store.now()
     try:
         env = {**request["env"], "build_dir": str(workspace), "step_timeout": request["timeout"]}

@@ -379,7 +379,7 @@ def execute(
                     pool = make_executor(executor, **(executor_options or {}))
                 if not pending and not running:
                     # The last step: this process mostly waits for it, so the summary's
-                    # libraries load meanwhile instead of after it (0.4 s).
+                    # libraries load meanwhile instead of after it.
                     threading.Thread(target=_import_summary_modules, daemon=True).start()
                 running[pool.submit(executors.execute_step, request)] = name
             done, _ = pool.wait_any(list(running)) if running else ([], [])
