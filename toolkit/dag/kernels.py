@@ -34,10 +34,11 @@ import shutil
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 from jupyter_client import AsyncKernelClient, AsyncKernelManager
 from jupyter_core.utils import run_sync
+
+from toolkit import tempdirs
 
 __all__ = [
     "MAX_IDLE",
@@ -158,11 +159,9 @@ class _Kernel:
 
     @classmethod
     async def start(cls, kernel_name: str, **start_args) -> _Kernel:
-        base = _kernels_folder()
-        _remove_orphans(base)
         # Sockets and connection file in one private folder named after this process, so
         # the next process can tell what a killed one left behind.
-        folder = tempfile.mkdtemp(prefix=f"toolkit-kernel-{os.getpid()}-", dir=base)
+        folder = str(tempdirs.make("kernel", _kernels_folder()))
         options: dict = {
             "kernel_name": kernel_name,
             "client_class": f"{__name__}.KeptClient",
@@ -329,31 +328,6 @@ class ReusedKernelManager(AsyncKernelManager):
 def _kernels_folder() -> str | None:
     # A Unix socket path must fit in about 100 bytes: a deep TMPDIR leaves no room.
     return None if len(tempfile.gettempdir()) <= 60 else "/tmp"  # noqa: S108
-
-
-_swept = False
-
-
-def _remove_orphans(base: str | None) -> None:
-    """Remove the kernel folders of processes that are gone (killed before they could)."""
-    global _swept
-    if _swept:
-        return
-    _swept = True
-    for path in Path(base or tempfile.gettempdir()).glob("toolkit-kernel-*-*"):
-        owner = path.name.split("-")[2]
-        if owner.isdigit() and not _process_exists(int(owner)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
 
 
 def _take_idle(kernel_name: str) -> _Kernel | None:

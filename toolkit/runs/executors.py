@@ -8,15 +8,18 @@ that shares nothing with the launcher but the storage root.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import logging
 import os
 import shutil
-import tempfile
+import threading
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from toolkit import tempdirs
 from toolkit.dag import pipeline
 from toolkit.data import storage
 from toolkit.runs import cache, store
@@ -25,7 +28,8 @@ __all__ = [
     "SerialExecutor",
     "crash_point",
     "execute_step",
-    "release_kernels",
+    "release_all",
+    "release_run",
 ]
 
 _log = logging.getLogger(__name__)
@@ -67,17 +71,11 @@ def execute_step(request: dict[str, Any]) -> dict[str, Any]:
     os.environ["TOOLKIT_ROOT"] = request["root"]  # the worker writes where the run lives
     kernels.reuse(request.get("kernel", "reuse") == "reuse")
     step = request["step"]
-    workspace = Path(tempfile.mkdtemp(prefix=f"toolkit-{step}-"))
-    _log.info("step %s of run %s: workspace %s", step, request["run_id"], workspace)
     started = store.now()
     try:
-        env = {**request["env"], "build_dir": str(workspace), "step_timeout": request["timeout"]}
-        from ploomber.products import File  # Ploomber loads only where a step executes
-
-        dag = pipeline.load_dag(env)
-        # This layer, not the File client of `ploomber build`, publishes a run's outputs.
-        dag.clients.pop(File, None)
-        products = {name: _local_products(dag[name]) for name in dag}
+        workspace = _workspace_of(request)
+        dag, products = workspace.dag, workspace.products
+        _log.info("step %s of run %s in %s", step, request["run_id"], workspace.folder)
         _fetch(request["upstream"], products)
         try:
             dag.build_partially(step, force=True, show_progress=False, skip_upstream=True)
@@ -111,8 +109,42 @@ def execute_step(request: dict[str, Any]) -> dict[str, Any]:
             "report": [],
             "debug": {},
         }
-    finally:
-        shutil.rmtree(workspace, ignore_errors=True)
+
+
+@dataclass
+class _RunWorkspace:
+    """A run's private folder in this process, and its DAG built with that folder."""
+
+    folder: Path
+    dag: Any
+    products: dict[str, dict[str, str]]  # step -> product -> local path
+
+
+_workspaces: dict[str, _RunWorkspace] = {}
+_workspaces_lock = threading.Lock()
+
+
+def _workspace_of(request: dict[str, Any]) -> _RunWorkspace:
+    """The run's workspace in this process, made (and its DAG built) at its first step.
+
+    Steps of one run in one process share it: a step finds the products of the steps
+    before it that ran here, and Ploomber builds the DAG once per run, not per step.
+    """
+    with _workspaces_lock:
+        found = _workspaces.get(request["run_id"])
+        if found is None:
+            from ploomber.products import File  # Ploomber loads only where a step executes
+
+            if not _workspaces:
+                atexit.register(release_all)
+            folder = tempdirs.make("run")
+            env = {**request["env"], "build_dir": str(folder), "step_timeout": request["timeout"]}
+            dag = pipeline.load_dag(env)
+            # This layer, not the File client of `ploomber build`, publishes a run's outputs.
+            dag.clients.pop(File, None)
+            products = {name: _local_products(dag[name]) for name in dag}
+            found = _workspaces[request["run_id"]] = _RunWorkspace(folder, dag, products)
+        return found
 
 
 def _local_products(task) -> dict[str, str]:
@@ -121,10 +153,12 @@ def _local_products(task) -> dict[str, str]:
 
 
 def _fetch(upstream: dict, local: dict) -> None:
-    """Download each upstream output (step -> product -> URL) to its path in ``local``."""
+    """Download each upstream output (step -> product -> URL) to its path in ``local``,
+    unless the step ran in this workspace and left it there."""
     for step, urls in upstream.items():
         for name, url in urls.items():
-            storage.download_file(url, local[step][name])
+            if not os.path.exists(local[step][name]):
+                storage.download_file(url, local[step][name])
 
 
 def _failure(request, notebook: Path, exc, started) -> dict[str, Any]:
@@ -201,18 +235,29 @@ class SerialExecutor:
 
     def release(self, run_id: str) -> None:
         """The run is over: its kernel, kept in this process, is not needed any more."""
-        release_kernels(run_id)
+        release_run(run_id)
 
     def close(self) -> None:
         pass
 
 
-def release_kernels(run_id: str) -> None:
-    """A run is over: close the idle kernels this process kept (see ``toolkit.dag.kernels``).
+def release_run(run_id: str) -> None:
+    """A run is over: remove its workspace here and close the idle kernels this process kept
+    (see ``toolkit.dag.kernels``).
 
     A kernel is never kept from one run for the next: module state one run's steps left
     cannot reach another run.
     """
     from toolkit.dag import kernels
 
+    with _workspaces_lock:
+        workspace = _workspaces.pop(run_id, None)
+    if workspace is not None:
+        shutil.rmtree(workspace.folder, ignore_errors=True)
     kernels.close_idle()
+
+
+def release_all() -> None:
+    """Remove every run workspace of this process (it exits)."""
+    for run_id in list(_workspaces):
+        release_run(run_id)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import project
-from toolkit.runs.executors import release_kernels
+from toolkit.runs.executors import release_run
 
 try:
     import dask
@@ -382,7 +382,7 @@ class DaskExecutor:
         """The run is over: kill the kernels its steps left idle on the workers."""
         # A lost scheduler or worker took its kernels with it.
         with contextlib.suppress(Exception):
-            self.client.run(release_kernels, run_id, wait=True)
+            self.client.run(release_run, run_id, wait=True)
 
     def close(self) -> None:
         """Cancel this executor's unfinished tasks; close the client and cluster it started."""

@@ -32,6 +32,7 @@ def kernel_tmp(tmp_path, monkeypatch):
     Takes ``tmp_path`` first: pytest's own temporary root must not land in that folder.
     """
     folder = tempfile.mkdtemp(prefix="tk-", dir="/tmp")  # noqa: S108
+    kernels.reuse(True)  # whatever an earlier test of this process chose
     monkeypatch.setenv("TMPDIR", folder)
     monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches its first answer
     try:

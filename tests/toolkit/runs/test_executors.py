@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from toolkit import config as config_mod
 from toolkit.data import io, storage
@@ -51,3 +52,24 @@ def test_a_step_whose_upstream_output_is_gone_fails_naming_it(local_root):
     )
     assert result["status"] == "failed"
     assert "weekly_sales.parquet" in result["error"]
+
+
+def test_a_runs_steps_share_one_workspace_that_the_runs_end_removes(
+    local_root, tmp_path, monkeypatch
+):
+    import tempfile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches its first answer
+    demo_data.write(["US"], n_products=12, root=local_root)
+    first = executors.execute_step(request_for(local_root, "load_transform", "shared", {}))
+    assert first["status"] == "succeeded", first
+    upstream = {"load_transform": first["outputs"]}
+    second = executors.execute_step(
+        request_for(local_root, "identify_underperformers", "shared", upstream)
+    )
+    assert second["status"] == "succeeded", second
+    [workspace] = tmp_path.glob(f"toolkit-run-{os.getpid()}-*")
+    assert (workspace / "market=US").is_dir()
+    executors.release_run("shared")
+    assert not workspace.exists()
