@@ -35,7 +35,7 @@ QUICK = {
     "sizes": (10, 100),
     "rounds": 1,
     "s3_size": 0,
-    "tweak_sizes": (10,),
+    "tweak_sizes": (10, 100),
     "parts": "pipeline,breakdown,app",
 }
 
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
                 full_warmup=not args.quick,
                 tweak_sizes=tuple(n for n in preset["tweak_sizes"] if n in sizes) or sizes[:1],
             )
-            rows += _guarded("B1-B4, B6", lambda: bench_pipeline.run(settings))
+            rows += _guarded("B1-B4, B6, Ploomber", lambda: bench_pipeline.run(settings))
         if "breakdown" in parts:
             found = _guarded(
                 "breakdown",

@@ -48,7 +48,7 @@ class Settings:
     @property
     def n_runs(self) -> int:
         """Runs in one backfill: markets x periods."""
-        from toolkit.backfill import parse_list, parse_periods
+        from toolkit.runs.backfill import parse_list, parse_periods
 
         return len(parse_list(self.markets)) * len(parse_periods(self.periods))
 
@@ -111,14 +111,14 @@ def compare(settings: Settings, progress=print, target: float | None = None) -> 
 
 def backfill_once(executor: str, settings: Settings, number: int) -> Sample:
     """One timed ``toolkit backfill`` process on a fresh root with fresh demo data."""
-    from toolkit import demo_data
-    from toolkit.backfill import parse_list
+    from toolkit.pricing import demo_data
+    from toolkit.runs.backfill import parse_list
 
     root = settings.workdir / f"root-{number}-{executor}"
     demo_data.write(parse_list(settings.markets), n_products=settings.products, root=str(root))
     env = dict(os.environ, TOOLKIT_ROOT=str(root), PLOOMBER_STATS_ENABLED="false")
     env.pop("DASK_SCHEDULER_ADDRESS", None)  # a local cluster on this machine
-    argv = [sys.executable, "-m", "toolkit.cli", "backfill", "--executor", executor]
+    argv = [sys.executable, "-m", "toolkit.cli.commands", "backfill", "--executor", executor]
     argv += ["--market", settings.markets, "--period", settings.periods]
     if executor == "dask":
         argv += ["--workers", str(settings.workers)]

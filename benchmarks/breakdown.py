@@ -3,9 +3,12 @@
 Each import figure is a whole process (``python -c "import X"``), median of a few, so it
 includes the interpreter start (measured alone too). The notebook figures are measured
 inside one process with the engine already imported: executing a one-cell and a
-21-cell trivial notebook with papermill's engine (a fresh Jupyter kernel per notebook),
-with toolkit's (`toolkit.kernels`: the run's kernel kept, reset before each notebook, as
-`toolkit run` does) and with ploomber-engine (in-process, no kernel).
+21-cell trivial notebook with papermill and nbclient's default kernel manager (a fresh
+Jupyter kernel per notebook), with papermill and
+``kernel_manager_class=toolkit.dag.kernels.ReusedKernelManager`` (the process's kernel
+kept and reset before each notebook: what ``pipeline.yaml`` names in every task's
+``executor_params``, so what ``toolkit run`` and ``ploomber build`` both do), and with
+ploomber-engine (in-process, no kernel).
 """
 
 from __future__ import annotations
@@ -20,20 +23,31 @@ from benchmarks.harness import measure, median
 
 IMPORTS = {
     "interpreter": "pass",
-    "toolkit.cli (any toolkit command: click, pydantic config)": "import toolkit.cli",
+    "toolkit.cli.commands (any toolkit command: click, pydantic config)": (
+        "import toolkit.cli.commands"
+    ),
     "ploomber (papermill, nbformat, jsonschema, sqlalchemy, ...)": "import ploomber",
-    "a step's own imports (pandas, pyarrow, pandera, toolkit.io)": (
-        "from toolkit import io, schemas, transform"
+    # The same, its objects moved out of the collector's reach before exit: the difference
+    # is the interpreter's final garbage collection over what Ploomber's import made.
+    "ploomber, gc.freeze() before exit": "import ploomber, gc; gc.freeze()",
+    "a step's own imports (pandas, pyarrow, pandera, toolkit.data.io)": (
+        "from toolkit.data import io, schemas; from toolkit.pricing import transform"
     ),
     "statsmodels (the forecast step fits its models with it)": "import statsmodels.api",
     "a step's first contract check (+ pandera builds a schema)": (
-        "from toolkit import schemas; schemas.Plan.to_schema()"
+        "from toolkit.data import schemas; schemas.Plan.to_schema()"
     ),
 }
 
+# nbclient's kernel manager for the kept kernel, as pipeline.yaml names it.
+REUSED_KERNEL_MANAGER = "toolkit.dag.kernels.ReusedKernelManager"
+
 ENGINES = {
-    "papermill": "papermill's engine, a fresh kernel per notebook",
-    "toolkit-reuse": "toolkit run's engine, the run's kernel reset and reused",
+    "papermill": "nbclient's default kernel manager, a fresh kernel per notebook",
+    "reused-kernel": (
+        f"kernel_manager_class={REUSED_KERNEL_MANAGER}: the process's kernel reset, not "
+        "restarted (`toolkit run` and `ploomber build`)"
+    ),
     "ploomber-engine": "in-process, no kernel",
 }
 
@@ -59,13 +73,12 @@ if engine == "papermill":
     def execute(path):
         pm.execute_notebook(str(path), str(path.with_suffix(".out.ipynb")), kernel_name="python3",
                             progress_bar=False, log_output=False)
-elif engine == "toolkit-reuse":
+elif engine == "reused-kernel":
     import papermill as pm
-    from toolkit import kernels
+    manager = sys.argv[3]  # a dotted path, as pipeline.yaml's executor_params give it
     def execute(path):
         pm.execute_notebook(str(path), str(path.with_suffix(".out.ipynb")), kernel_name="python3",
-                            progress_bar=False, log_output=False,
-                            engine_name=kernels.register_engine(), kernel_key="bench")
+                            progress_bar=False, log_output=False, kernel_manager_class=manager)
 else:
     import ploomber_engine as pe
     def execute(path):
@@ -85,30 +98,42 @@ for cells in (1, 21):
 print(json.dumps(result))
 """
 
-# Facts about the current code that the findings depend on.
+# Facts about the current code and pipeline.yaml that the findings depend on.
 _PROBE = """
 import importlib.util, inspect, json, os, pathlib, sys
-import toolkit.runner as runner
-import toolkit.executors as executors
-import toolkit.forecasting
+import yaml
+import toolkit.dag.pipeline as pipeline
+import toolkit.runs.runner as runner
+import toolkit.runs.executors as executors
+import toolkit.pricing.forecasting
 origin = pathlib.Path(importlib.util.find_spec("ploomber").origin).parent
+spec = yaml.safe_load(pathlib.Path("pipeline.yaml").read_text())
+executor = spec.get("executor") or {}
 print(json.dumps({
-    # A run renders the DAG with Ploomber before it looks anything up in the cache.
-    "plan_imports_ploomber": "load_dag" in inspect.getsource(runner._plan),
-    "kernel_reused": "kernel" in inspect.getsource(runner.execute),
-    "steps_without_ploomber": "notebook_task" in inspect.getsource(executors.execute_step),
+    # A run's plan (each step's source, upstream, params) is kept: a cached run skips Ploomber.
+    "plan_kept": "load_dag" in inspect.getsource(pipeline.plan)
+    and "PLAN_FOLDER" in inspect.getsource(pipeline.plan),
+    # Every executed step is rendered and built by Ploomber...
+    "steps_through_ploomber": "build_partially" in inspect.getsource(executors.execute_step),
+    # ... from a DAG loaded for that step, or once per run in a process.
+    "dag_per_step": "load_dag" in inspect.getsource(executors.execute_step),
+    # Every task names the kept kernel's manager for nbclient...
+    "kernel_manager_in_yaml": bool(spec["tasks"]) and all(
+        (task.get("executor_params") or {}).get("kernel_manager_class") == sys.argv[1]
+        for task in spec["tasks"]
+    ),
+    # ... and `ploomber build` runs every task in its own process, so kernels are kept.
+    "ploomber_build_in_process": str(executor.get("dotted_path", "")).endswith("Serial")
+    and executor.get("build_in_subprocess") is False,
     "summary_imports_statsmodels": "statsmodels" in sys.modules
     and "forecasting" in inspect.getsource(runner.summary),
     "venv_has_bytecode": any(origin.rglob("*.pyc")),
     # pandera resolves its type annotations against every backend that is installed.
     "schema_imports_dask": (
-        __import__("toolkit.schemas").schemas.Plan.to_schema() is not None
+        importlib.import_module("toolkit.data.schemas").Plan.to_schema() is not None
         and "dask.dataframe" in sys.modules
     ),
     "dont_write_bytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE")),
-    # A run leaves a warmed-up kernel for the next (toolkit.spare_kernels).
-    "spare_kernels": importlib.util.find_spec("toolkit.spare_kernels") is not None
-    and os.environ.get("TOOLKIT_SPARE_KERNEL_MINUTES", "").strip() != "0",
 }))
 """
 
@@ -139,7 +164,8 @@ def run(workdir: Path, repeats: int = 3, quick: bool = False) -> dict:
     engines = {}
     for engine in ENGINES:
         out = subprocess.run(  # noqa: S603
-            [sys.executable, "-c", _ENGINE_SCRIPT, engine, str(max(repeats, 2))],
+            [sys.executable, "-c", _ENGINE_SCRIPT, engine, str(max(repeats, 2))]
+            + [REUSED_KERNEL_MANAGER],
             cwd=PROJECT_DIR,
             env=env,
             check=True,
@@ -150,7 +176,7 @@ def run(workdir: Path, repeats: int = 3, quick: bool = False) -> dict:
         one, many = times["1"], times["21"]
         engines[engine] = {"notebook": one, "per_cell": (many - one) / 20}
     probe = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", _PROBE],
+        [sys.executable, "-c", _PROBE, REUSED_KERNEL_MANAGER],
         cwd=PROJECT_DIR,
         env=env,
         check=True,

@@ -45,6 +45,7 @@ class Sample:
     max_rss: int  # bytes: the largest single process of the tree (wait4 ru_maxrss)
     cpu: float = 0.0  # user + system seconds of the process and the descendants it waited for
     log: Path | None = None
+    leftover: int = 0  # processes of its session still alive after it exited (then killed)
 
 
 @dataclass
@@ -78,17 +79,6 @@ def _tree_rss(root) -> int:
     return total
 
 
-def _spare_kernels() -> dict:
-    """Spare kernels waiting now (``toolkit.spare_kernels``): pid -> psutil.Process."""
-    import psutil
-
-    found = {}
-    for proc in psutil.process_iter(["cmdline"]):
-        if any("toolkit-spare-" in part for part in proc.info["cmdline"] or ()):
-            found[proc.pid] = proc
-    return found
-
-
 def _running(proc) -> bool:
     import psutil
 
@@ -96,6 +86,20 @@ def _running(proc) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def _leftovers(session: int) -> list:
+    """Processes of the command's session (``start_new_session``) still alive after it."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == session and _running(proc):
+                found.append(proc)
+        except (OSError, psutil.Error):  # gone meanwhile, or not ours to ask about
+            continue
+    return found
 
 
 def measure(
@@ -107,18 +111,16 @@ def measure(
 ) -> Sample:
     """Run ``argv`` to completion; its output goes to ``log``. Raises ``CommandFailed``.
 
-    A spare kernel that the command adopts (one an earlier command left, which the
-    command kills when done) is not its descendant: its memory counts in the command's
-    tree, and its CPU time (its warm-up included) in the command's, as a kernel the
-    command started would.
+    What counts is the command's own process tree: its memory is the summed RSS of the
+    process and its descendants (Jupyter kernels included), polled; its CPU time is its
+    own and that of the descendants it waited for (``wait4``). A process of the command's
+    session still alive once the command has exited (a kernel it did not stop) is killed,
+    by pid, so that it cannot weigh on the next measurement, and counted in ``leftover``.
     """
     import psutil
 
     log.parent.mkdir(parents=True, exist_ok=True)
-    peak = 0
-    spares = _spare_kernels()
-    polls: list[tuple[int, dict[int, int]]] = []  # (tree RSS, {spare pid: RSS}) per poll
-    spare_cpu: dict[int, float] = {}
+    polls: list[int] = []  # the tree's summed RSS, per poll
     done = threading.Event()
     with open(log, "wb") as out:
         started = time.perf_counter()
@@ -137,13 +139,7 @@ def measure(
 
         def poll() -> None:
             while not done.is_set() and root is not None:
-                spare_rss = {}
-                for pid, proc in spares.items():
-                    with contextlib.suppress(psutil.Error):
-                        spare_rss[pid] = proc.memory_info().rss
-                        times = proc.cpu_times()
-                        spare_cpu[pid] = times.user + times.system
-                polls.append((_tree_rss(root), spare_rss))
+                polls.append(_tree_rss(root))
                 done.wait(POLL_SECONDS)
 
         poller = threading.Thread(target=poll, daemon=True, name="bench-rss")
@@ -162,14 +158,18 @@ def measure(
         seconds = time.perf_counter() - started
         poller.join()
         process.returncode = os.waitstatus_to_exitcode(status)
+    leftover = _leftovers(process.pid)
+    for proc in leftover:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(leftover, timeout=10)
     if process.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise CommandFailed(f"{name}: {' '.join(argv)} exited {process.returncode}\n{tail}")
-    adopted = {pid for pid, proc in spares.items() if not _running(proc)}
-    peak = max((tree + sum(rss.get(pid, 0) for pid in adopted) for tree, rss in polls), default=0)
-    largest = max([usage.ru_maxrss * 1024] + [r[p] for _, r in polls for p in adopted if p in r])
-    cpu = usage.ru_utime + usage.ru_stime + sum(spare_cpu.get(pid, 0.0) for pid in adopted)
-    return Sample(name, seconds, peak, largest, cpu, log)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Sample(
+        name, seconds, max(polls, default=0), usage.ru_maxrss * 1024, cpu, log, len(leftover)
+    )
 
 
 def run_rounds(

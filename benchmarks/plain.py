@@ -32,8 +32,9 @@ def prepare(out_dir: str | Path, patches: tuple[str, ...] = ()) -> list[Path]:
     from ploomber.products import File
 
     from toolkit import config as config_mod
-    from toolkit import pipeline, runner
-    from toolkit.notebooks import INJECTED_TAGS
+    from toolkit.dag import pipeline
+    from toolkit.dev.notebooks import INJECTED_TAGS
+    from toolkit.runs import runner
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

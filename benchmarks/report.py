@@ -16,10 +16,15 @@ load); the seconds shown are the medians of each side. Memory is the peak of the
 RSS of the process and all its descendants (Jupyter kernels included), polled every
 50 ms with psutil, and the largest single process from `wait4` (`ru_maxrss`). Full runs
 use `toolkit run --force` on a private storage root with the synthetic demo data for one
-market (`toolkit.demo_data`, 1,274 daily rows per product). The plain floor
+market (`toolkit.pricing.demo_data`, 1,274 daily rows per product). The plain floor
 (`benchmarks/plain.py`) runs the same notebook code as plain Python in one interpreter,
-with the parameters the run injects (rendered by Ploomber in an untimed set-up). B4's S3
-is moto's server on a loopback port inside the benchmark process. Nothing is asserted.
+with the parameters the run injects (rendered by Ploomber in an untimed set-up). The
+Ploomber rows run the venv's `ploomber build --force` on the same `pipeline.yaml`, data
+and root (its products mirrored to the root's `builds/`), with `--env--build_dir` in a
+private folder. B2 and B6 run `toolkit run` from the CLI, as a user does. B4's S3 is
+moto's server on a loopback port inside the benchmark process. A process of a command's
+session still running after the command exited is killed and said so in the detail.
+Nothing is asserted.
 """
 
 
@@ -98,36 +103,54 @@ def findings(rows: list[Row], data: dict) -> list[str]:
             )
             + ". `uv pip install --compile-bytecode` in `make install` removes it."
         )
-    reused = engines.get("toolkit-reuse", {}).get("notebook")
-    if loaded.get("kernel_reused") and reused is not None:
+    reused = engines.get("reused-kernel", {}).get("notebook")
+    if loaded.get("steps_through_ploomber"):
         out.append(
-            f"* papermill's own engine starts a fresh kernel for every notebook ({kernel:.1f} s "
-            "for a trivial one), which then imports the step's libraries again "
-            f"({cost('a step'):.1f} s for pandas, pyarrow, pandera and toolkit.io; statsmodels "
-            "on top for forecast). `toolkit run` keeps one kernel per run and resets it "
-            f"between steps (`toolkit.kernels`): {reused:.2f} s per further notebook, and the "
-            "libraries are imported once per run; its client is kept too (a new client's "
-            "readiness check waits for 0.2 s of IOPub silence). The first kernel is started "
-            "first and loads the first step's imports on the other core while the runner "
-            "imports papermill. ploomber-engine runs in-process "
-            f"({engine:.2f} s) but is not used: a cell calling `os._exit` would kill the "
-            "runner, and it has no cell timeout."
+            "* Ploomber renders and builds every step `toolkit run` executes "
+            "(`toolkit.runs.executors.execute_step`: the DAG loaded from `pipeline.yaml` "
+            + ("for the step" if loaded.get("dag_per_step") else "once per run and process")
+            + ", then `dag.build_partially(step, force=True, skip_upstream=True)` with the "
+            "upstream products it needs from storage), so a run executes each notebook "
+            "exactly as `ploomber build` does; the Ploomber rows compare the two on the "
+            f"same pipeline. Importing Ploomber costs {cost('ploomber'):.1f} s as installed, "
+            "once per process that executes a step."
+            + (
+                " The plan (each step's source, upstream and params, as Ploomber renders "
+                "them) is kept in `.toolkit/plans/<key>.json` under a key of everything "
+                "that decides it, so a fully cached run (B6) never imports Ploomber."
+                if loaded.get("plan_kept")
+                else " Every run, cached or not, imports Ploomber to plan its steps before "
+                "it looks anything up in the cache."
+            )
         )
-    if loaded.get("steps_without_ploomber"):
+    if reused is not None and loaded.get("kernel_manager_in_yaml"):
+        both = (
+            "`toolkit run` and `ploomber build` (whose `Serial` executor builds in its own "
+            "process, `build_in_subprocess: false`) both"
+            if loaded.get("ploomber_build_in_process")
+            else "`toolkit run`"
+        )
         out.append(
-            f"* Importing Ploomber ({cost('ploomber'):.1f} s as installed) and rendering its "
-            "whole DAG for every executed step are off the path of `toolkit run`: "
-            "`toolkit.notebook_task` renders and executes a step the way Ploomber's "
-            "notebook task does (jupytext, papermill's parameter cell, pyflakes), and only "
-            "a `pipeline.yaml` feature it does not read brings Ploomber back."
+            "* papermill with nbclient's default kernel manager starts a fresh kernel for "
+            f"every notebook ({kernel:.1f} s for a trivial one), which then imports the "
+            f"step's libraries again ({cost('a step'):.1f} s for pandas, pyarrow, pandera "
+            "and toolkit.data.io; statsmodels on top for forecast). `pipeline.yaml` names "
+            "`toolkit.dag.kernels.ReusedKernelManager` as nbclient's `kernel_manager_class` "
+            "in every task's `executor_params` (Ploomber hands them to papermill, papermill "
+            f"to nbclient), so {both} execute each further notebook in the process's kernel, "
+            f"reset rather than restarted: {reused:.2f} s per further trivial notebook, the "
+            "libraries imported once per process, the client kept connected. ploomber-engine "
+            f"runs in-process ({engine:.2f} s) but is not used: a cell calling `os._exit` "
+            "would kill the runner, and it has no cell timeout."
         )
     else:
         out.append(
             f"* Per notebook step, papermill starts a fresh kernel: {kernel:.1f} s for a "
             f"trivial notebook (ploomber-engine in-process: {engine:.2f} s), and the kernel "
             f"then imports the step's libraries again ({cost('a step'):.1f} s for pandas, "
-            "pyarrow, pandera and toolkit.io; statsmodels on top for forecast). Five steps "
-            "pay this five times; the plain floor pays the imports once and starts no kernel."
+            "pyarrow, pandera and toolkit.data.io; statsmodels on top for forecast). Five "
+            "steps pay this five times; the plain floor pays the imports once and starts no "
+            "kernel."
         )
     if loaded.get("schema_imports_dask"):
         extra = cost("a step's first contract") - cost("a step's own imports")
@@ -141,47 +164,48 @@ def findings(rows: list[Row], data: dict) -> list[str]:
         else:
             out.append(
                 "* pandera's first schema build imports `dask.dataframe` (dask is installed, "
-                "the `scale` extra) to register its Dask types; `toolkit.schemas` builds the "
-                "contracts at import, so this is part of a step's imports above and lands in "
-                "the prestarted kernel's warm-up."
+                "the `scale` extra) to register its Dask types; `toolkit.data.schemas` builds "
+                "the contracts at import, so this is part of a step's imports above, paid "
+                "once per kernel."
             )
-    if loaded.get("plan_imports_ploomber"):
-        out.append(
-            "* Every `toolkit run`, cached or not, imports Ploomber "
-            f"({cost('ploomber'):.1f} s) and renders the DAG (`runner._plan` -> "
-            "`pipeline.load_dag`) just to read each step's source, upstream and params "
-            "before it looks anything up in the cache."
-        )
     if loaded.get("summary_imports_statsmodels"):
         out.append(
             "* The summary `toolkit run` prints at the end imports statsmodels through "
-            f"toolkit.forecasting ({cost('statsmodels'):.1f} s), even when every step was "
-            "cached."
-        )
-    if loaded.get("spare_kernels"):
-        out.append(
-            "* Each `toolkit run` leaves a spare kernel that has imported every step's "
-            "libraries and drawn one figure (`toolkit.spare_kernels`); the next run adopts "
-            "it instead of waiting for a kernel of its own (boot and imports, "
-            f"{cost('a step'):.1f} s and more). Runs here follow each other back to back, "
-            "so a spare may still be warming up when adopted; a business user's next "
-            "tweak, seconds later, finds it ready. An adopted spare counts as the run's "
-            "own: its memory in the run's tree, its CPU (its warm-up included) in the "
-            "run's CPU time. papermill is imported without loading ploomber-engine's "
-            "engines (and matplotlib with them), which it loads only if asked for."
+            f"toolkit.pricing.forecasting ({cost('statsmodels'):.1f} s), even when every "
+            "step was cached."
         )
     if missed & {"B2", "B6"}:
         out.append(
             f"* {'/'.join(sorted(missed & {'B2', 'B6'}))} miss(es) because fixed costs do "
-            "not shrink with the work: a tweak still imports papermill, executes two "
-            "notebooks and writes records and the summary"
+            "not shrink with the work: a tweak still imports Ploomber "
+            f"({cost('ploomber'):.1f} s) and loads the DAG (to plan its new config, and to "
+            "build its steps), starts a kernel that imports the step's libraries "
+            f"({cost('a step'):.1f} s), executes two notebooks, writes records and the "
+            "summary, and exits; a cached run reads the kept plan, looks up five keys and "
+            "prints the summary."
+        )
+    if "Ploomber" in missed:
+        out.append(
+            "* `toolkit run --force` misses `ploomber build --force` (Ploomber rows) by what "
+            "it does on top of the same notebook executions: "
             + (
-                "."
-                if loaded.get("spare_kernels")
-                else f", and starts a kernel that imports the step's libraries "
-                f"({cost('a step'):.1f} s). A kernel kept warm between processes would "
-                "remove most of what is left."
+                "it loads the DAG from `pipeline.yaml` once per executed step (each in a "
+                "private workspace), where `ploomber build` loads it once; it "
+                if loaded.get("dag_per_step")
+                else "it "
             )
+            + "keys each step, publishes its outputs to the cache and keeps its record "
+            "and heartbeat current; and a run whose plan is not kept yet (a new config, "
+            "or any edit to the project or toolkit's code) loads the DAG once more to plan."
+        )
+    exit_cost = cost("ploomber (") - cost("ploomber, gc.freeze")
+    if exit_cost > 0.2:
+        out.append(
+            f"* A process that imported Ploomber spends {exit_cost:.1f} s of its exit in "
+            "the interpreter's final garbage collection over the objects the import made "
+            "(`import ploomber` as a whole process, with and without `gc.freeze()` before "
+            "exit). `toolkit run` and `ploomber build` both pay it after their last output, "
+            "and it weighs most on a tweak (B2); a fully cached run does not import Ploomber."
         )
     for row in (r for r in rows if r.id == "Dask" and r.verdict in ("met", "missed")):
         cpu = row.extra.get("cpu_s", {})
@@ -206,10 +230,10 @@ def findings(rows: list[Row], data: dict) -> list[str]:
             )
     if "B1" in missed:
         out.append(
-            "* B1 misses because of the fixed costs above (the kernel and its client, "
-            "writing each executed notebook and publishing outputs), which the plain floor "
-            "does not pay; they shrink relative to the work as the data grows (see B1 by "
-            "size)."
+            "* B1 misses because of the fixed costs above (importing Ploomber and loading "
+            "the DAG, the kernel and its client, writing each executed notebook and "
+            "publishing outputs), which the plain floor does not pay; they shrink relative "
+            "to the work as the data grows (see B1 by size)."
         )
     out.append("")
     return out

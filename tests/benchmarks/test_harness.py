@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import pytest
@@ -12,12 +13,15 @@ import pytest
 from benchmarks import report
 from benchmarks.harness import CommandFailed, Row, measure, paired_ratios, run_rounds
 
-# A parent that holds ~60 MB and a child that holds ~120 MB at the same time.
+# A parent that holds ~60 MB and a child that holds ~120 MB at the same time; the child
+# also burns 0.3 s of CPU.
 TREE = """
 import subprocess, sys, time
 held = bytearray(60 * 2**20)
 child = subprocess.Popen([sys.executable, "-c",
-    "import time; held = bytearray(120 * 2**20); time.sleep(0.6)"])
+    "import time; held = bytearray(120 * 2**20); end = time.process_time() + 0.3\\n"
+    "while time.process_time() < end: pass\\n"
+    "time.sleep(0.3)"])
 child.wait()
 """
 
@@ -28,7 +32,7 @@ def test_memory_covers_the_whole_process_tree(tmp_path):
     # getrusage(RUSAGE_CHILDREN) is the largest child this test process ever waited for,
     # so in a full suite it may come from an earlier test: only a lower bound holds.
     assert sample.max_rss >= 120 * 2**20
-    assert sample.cpu > 0
+    assert sample.cpu >= 0.3  # the child's, which the command waited for
 
 
 def test_a_failing_command_says_why(tmp_path):
@@ -86,42 +90,84 @@ def test_results_table_and_plot_are_written(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 0
 
 
-# A stand-in for a spare kernel an earlier run left: it holds ~100 MB and has used CPU.
-SPARE = """
-import sys, time
+# Holds ~100 MB and burns CPU until killed: a process the measured command did not start.
+BYSTANDER = """
+import time
 held = bytearray(100 * 2**20)
-end = time.process_time() + 0.3
-while time.process_time() < end:
-    pass
 print("ready", flush=True)
-time.sleep(120)
+while True:
+    pass
 """
 
 
-def test_an_adopted_spare_kernel_counts_as_the_commands_own(tmp_path):
+def test_only_the_commands_own_tree_counts(tmp_path):
     import subprocess
 
-    def spare():
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SPARE, "/tmp/toolkit-spare-test/kernel.json"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout.readline().strip() == "ready"
-        return proc
-
-    adopted, bystander = spare(), spare()
+    argv = [sys.executable, "-c", BYSTANDER]
+    bystander = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
-        code = (
-            "import os, signal, time; time.sleep(0.5); "
-            f"os.kill({adopted.pid}, signal.SIGKILL); time.sleep(0.2)"
-        )
-        sample = measure("adopts", [sys.executable, "-c", code], {}, tmp_path, tmp_path / "a")
-        adopted.wait()
+        assert bystander.stdout.readline().strip() == "ready"
+        code = "import time; time.sleep(0.6)"
+        sample = measure("alone", [sys.executable, "-c", code], {}, tmp_path, tmp_path / "a")
     finally:
-        for proc in (adopted, bystander):
-            proc.kill()
-            proc.wait()
-    assert 100 * 2**20 <= sample.tree_rss_peak < 190 * 2**20  # the adopted one only
-    assert sample.max_rss >= 100 * 2**20
-    assert sample.cpu >= 0.3
+        bystander.kill()
+        bystander.wait()
+    assert 0 < sample.tree_rss_peak < 100 * 2**20
+    assert sample.cpu < 0.3  # the bystander burned ~0.6 s of CPU meanwhile
+    assert sample.leftover == 0
+
+
+# Starts a child (in the command's session, as a kernel is), saves its pid and exits without
+# waiting for it: the child outlives the command.
+LEAVES_A_CHILD = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+open(sys.argv[1], "w").write(str(child.pid))
+"""
+
+
+def test_a_process_left_running_is_stopped_and_counted(tmp_path):
+    import psutil
+
+    pid_file = tmp_path / "child.pid"
+    argv = [sys.executable, "-c", LEAVES_A_CHILD, str(pid_file)]
+    sample = measure("leaves", argv, {}, tmp_path, tmp_path / "l")
+    child = int(pid_file.read_text())
+    assert sample.leftover == 1
+    with contextlib.suppress(psutil.NoSuchProcess):  # gone: killed and reaped
+        assert psutil.Process(child).status() == psutil.STATUS_ZOMBIE  # killed, not reaped yet
+
+
+def test_findings_describe_the_path_through_ploomber():
+    imports = {
+        label: {"installed": seconds}
+        for label, seconds in [
+            ("interpreter", 0.02),
+            ("toolkit.cli.commands (any toolkit command)", 0.2),
+            ("ploomber (papermill, ...)", 3.6),
+            ("ploomber, gc.freeze() before exit", 2.7),
+            ("a step's own imports (pandas, ...)", 1.1),
+            ("statsmodels (forecast)", 1.4),
+            ("a step's first contract check", 1.2),
+        ]
+    }
+    engines = {
+        "papermill": {"notebook": 0.6, "per_cell": 0.01},
+        "reused-kernel": {"notebook": 0.04, "per_cell": 0.01},
+        "ploomber-engine": {"notebook": 0.01, "per_cell": 0.0},
+    }
+    loaded = {
+        "plan_kept": True,
+        "steps_through_ploomber": True,
+        "dag_per_step": False,
+        "kernel_manager_in_yaml": True,
+        "ploomber_build_in_process": True,
+    }
+    rows = [Row("Ploomber", "toolkit / ploomber", "1.100", "<= 1.0", "missed", ratio=1.1)]
+    data = {"imports": imports, "engines": engines, "loaded": loaded}
+    text = "\n".join(report.findings(rows, data))
+    assert "build_partially" in text and "`.toolkit/plans/<key>.json`" in text
+    assert "kernel_manager_class" in text and "`ploomber build`" in text
+    assert "misses `ploomber build --force`" in text
+    assert "0.9 s of its exit" in text  # 3.6 - 2.7
+    assert "spare" not in text

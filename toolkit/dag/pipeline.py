@@ -159,6 +159,8 @@ class Step:
 PLAN_FOLDER = ".toolkit/plans"
 # The files whose content decides a plan, relative to the project.
 PLAN_INPUTS = ("pipeline.yaml", "env.yaml", "notebooks/**/*", "configs/**/*.yaml")
+# The toolkit code that computes the params (dotted_path params, the config they read).
+PLAN_CODE = ("project.py", "dag/*.py", "config/*.py", "data/storage.py")
 
 
 def plan(env: dict | None = None, project_dir: Path | str | None = None) -> list[Step]:
@@ -196,10 +198,10 @@ def plan(env: dict | None = None, project_dir: Path | str | None = None) -> list
 
 
 def _plan_key(env: dict | None, project_dir: Path) -> str:
-    """Hash of what decides the plan: project files, toolkit's code, env values, settings."""
+    """Hash of what decides the plan: project files, the code computing params, env values."""
     digest = hashlib.sha256()
     package = Path(__file__).resolve().parent.parent
-    folders = [(project_dir, PLAN_INPUTS), (package, ("**/*.py",))]
+    folders = [(project_dir, PLAN_INPUTS), (package, PLAN_CODE)]
     for folder, patterns in folders:
         for pattern in patterns:
             for path in sorted(folder.glob(pattern)):
