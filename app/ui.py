@@ -21,6 +21,7 @@ from toolkit import config as config_mod
 from toolkit.data import storage
 from toolkit.runs import reports
 from toolkit.runs import store as runs
+from toolkit.runs.record import RunRecord
 
 PAGES = {
     "launch": "views/launch.py",
@@ -230,7 +231,7 @@ def categories(root: str, market: str) -> list[str]:
     return _categories(root, market, fingerprint)
 
 
-def optional_table(root: str, record: dict, step: str, product: str, contract: str):
+def optional_table(root: str, record: RunRecord, step: str, product: str, contract: str):
     url = app_api.output_url(record, step, product)
     if not url:
         return None
@@ -246,7 +247,7 @@ def optional_table(root: str, record: dict, step: str, product: str, contract: s
 # ---------------------------------------------------------------------------
 
 
-def load_run(run_id: str) -> dict | None:
+def load_run(run_id: str) -> RunRecord | None:
     try:
         return runs.load(run_id)
     except runs.RunNotFound as exc:
@@ -272,7 +273,7 @@ def styled_status(frame: pd.DataFrame, status_column: str = "status"):
     return frame.style.apply(paint, axis=0)
 
 
-def steps_table(record: dict) -> list[dict]:
+def steps_table(record: RunRecord) -> list[dict]:
     """One line per pipeline step: a status badge, the step, its time and what happened."""
     rows = app_api.step_rows(record)
     done = sum(1 for r in rows if r["status"] in ("succeeded", "reused"))
@@ -291,17 +292,17 @@ def steps_table(record: dict) -> list[dict]:
     return rows
 
 
-def status_line(record: dict, tz: str | None) -> None:
-    status = record.get("status")
-    started = app_api.format_time(record.get("started_at") or record.get("created_at"), tz)
+def status_line(record: RunRecord, tz: str | None) -> None:
+    status = record.status
+    started = app_api.format_time(record.started_at or record.created_at, tz)
     elapsed = app_api.format_duration(app_api._elapsed(record))
     parts = []
     if started:
         parts.append(f"started {started}")
     if elapsed:
         parts.append(("running for " if status in runs.ACTIVE else "took ") + elapsed)
-    if record.get("launcher"):
-        parts.append(f"launched by {record['launcher']}")
+    if record.launcher:
+        parts.append(f"launched by {record.launcher}")
     badge, text = st.columns([1, 6], vertical_alignment="center")
     with badge:
         status_badge(status)
@@ -321,8 +322,8 @@ def progress_panel(run_id: str, ctx: Session, *, show_log: bool = True, key: str
             return
         status_line(record, timezone())
         steps_table(record)
-        if record.get("status") == "failed" and record.get("error"):
-            st.error(md(f"The run failed: {record['error']}"), icon=":material/error:")
+        if record.status == "failed" and record.error:
+            st.error(md(f"The run failed: {record.error}"), icon=":material/error:")
         can_cancel = app_api.is_active(record) and ctx.decision.allowed
         if can_cancel and st.button(
             "Cancel this run", key=f"cancel-{key}-{run_id}", icon=":material/cancel:"

@@ -23,6 +23,7 @@ from toolkit import project
 from toolkit.data import storage
 from toolkit.runs import reports
 from toolkit.runs import store as runs
+from toolkit.runs.record import RunRecord
 
 __all__ = [
     "STATUS_ICONS",
@@ -111,8 +112,8 @@ def status_text(status: str | None) -> str:
     return f"{STATUS_ICONS.get(status, '?')} {STATUS_TEXT.get(status, status.capitalize())}"
 
 
-def is_active(record: Mapping[str, Any]) -> bool:
-    return record.get("status") in runs.ACTIVE
+def is_active(record: RunRecord) -> bool:
+    return record.status in runs.ACTIVE
 
 
 # ---------------------------------------------------------------------------
@@ -149,14 +150,14 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def _elapsed(record: Mapping[str, Any]) -> float | None:
-    duration = runs.duration_seconds(dict(record))
+def _elapsed(record: RunRecord) -> float | None:
+    duration = runs.duration_seconds(record)
     if duration is not None and not is_active(record):
         return duration
-    start = runs.parse_time(record.get("started_at"))
+    start = runs.parse_time(record.started_at)
     if start is None:
         return duration
-    end = runs.parse_time(record.get("finished_at")) or dt.datetime.now(dt.UTC)
+    end = runs.parse_time(record.finished_at) or dt.datetime.now(dt.UTC)
     return round((end - start).total_seconds(), 1)
 
 
@@ -172,21 +173,21 @@ def pipeline_steps(project_dir: Path | str | None = None) -> list[str]:
     return [Path(str(task["source"])).stem for task in data.get("tasks", [])]
 
 
-def run_label(record: Mapping[str, Any], tz: str | None = None) -> str:
+def run_label(record: RunRecord, tz: str | None = None) -> str:
     """One line naming a run, for pickers: identity, status, start and id."""
-    category = record.get("category") or "all"
-    when = format_time(record.get("started_at") or record.get("created_at"), tz)
+    category = record.category or "all"
+    when = format_time(record.started_at or record.created_at, tz)
     return (
-        f"{record.get('market') or '?'} {record.get('period') or '?'} · {category} · "
-        f"{status_text(record.get('status'))} · {when} · {record.get('id')}"
+        f"{record.market or '?'} {record.period or '?'} · {category} · "
+        f"{status_text(record.status)} · {when} · {record.id}"
     )
 
 
-def run_rows(records: Iterable[Mapping[str, Any]], tz: str | None = None) -> list[dict]:
+def run_rows(records: Iterable[RunRecord], tz: str | None = None) -> list[dict]:
     """The Runs table: one row per run, newest first."""
     rows = []
     for record in records:
-        row = runs.summary_row(dict(record))
+        row = runs.summary_row(record)
         steps = row.get("steps") or {}
         reused = sum(1 for s in steps.values() if s.get("reused"))
         rows.append(
@@ -196,7 +197,7 @@ def run_rows(records: Iterable[Mapping[str, Any]], tz: str | None = None) -> lis
                 "Period": row.get("period") or "",
                 "Category": row.get("category") or "all",
                 "Launched by": str(row.get("launcher") or ""),
-                "Started": format_time(row.get("started_at") or record.get("created_at"), tz),
+                "Started": format_time(row.get("started_at") or record.created_at, tz),
                 "Duration": format_duration(_elapsed(record)),
                 "Steps reused": reused,
                 "Run": row.get("id") or "",
@@ -237,29 +238,29 @@ def filter_rows(
     return out
 
 
-def step_rows(record: Mapping[str, Any], steps: Sequence[str] | None = None) -> list[dict]:
+def step_rows(record: RunRecord, steps: Sequence[str] | None = None) -> list[dict]:
     """Progress per step, pipeline order, including steps not started yet."""
-    recorded = record.get("steps") or {}
+    recorded = record.steps
     names = list(steps or pipeline_steps())
     names += [n for n in recorded if n not in names]
     active = is_active(record)
     rows = []
     for name in names:
-        info = recorded.get(name) or {}
-        status = info.get("status") or ("pending" if active else "skipped")
-        if info.get("reused"):
+        info = recorded.get(name)
+        status: str = info.status if info else ("pending" if active else "skipped")
+        if info and info.reused:
             status = "reused"
         detail = ""
-        duration = info.get("duration_s")
-        if status == "reused":
-            detail = f"reused from run {info.get('reused_from')}"
-        elif status == "running":
-            start = runs.parse_time(info.get("started_at"))
+        duration = info.duration_s if info else None
+        if info and status == "reused":
+            detail = f"reused from run {info.reused_from}"
+        elif info and status == "running":
+            start = runs.parse_time(info.started_at)
             if start is not None:
                 duration = (dt.datetime.now(dt.UTC) - start).total_seconds()
             detail = "running now"
-        elif status in ("failed", "cancelled", "interrupted"):
-            error = str(info.get("error") or status)
+        elif info and status in ("failed", "cancelled", "interrupted"):
+            error = str(info.error or status)
             detail = error.strip().splitlines()[-1][:300] if error.strip() else status
         elif status == "succeeded":
             detail = "done"
@@ -287,12 +288,10 @@ def progress_fraction(rows: Sequence[dict]) -> float:
     return done / len(rows)
 
 
-def rerun_seed(record: Mapping[str, Any]) -> tuple[forms.Identity, dict[str, Any]]:
+def rerun_seed(record: RunRecord) -> tuple[forms.Identity, dict[str, Any]]:
     """The identity and form values of a run, to launch it again."""
-    identity = forms.Identity(
-        str(record.get("market") or ""), str(record.get("period") or ""), record.get("category")
-    )
-    return identity, forms.values_of(record.get("config") or {})
+    identity = forms.Identity(record.market, record.period, record.category)
+    return identity, forms.values_of(record.config)
 
 
 # ---------------------------------------------------------------------------
@@ -300,8 +299,9 @@ def rerun_seed(record: Mapping[str, Any]) -> tuple[forms.Identity, dict[str, Any
 # ---------------------------------------------------------------------------
 
 
-def output_url(record: Mapping[str, Any], step: str, product: str) -> str | None:
-    return (((record.get("steps") or {}).get(step) or {}).get("outputs") or {}).get(product)
+def output_url(record: RunRecord, step: str, product: str) -> str | None:
+    info = record.steps.get(step)
+    return info.outputs.get(product) if info else None
 
 
 def read_table(root: str, url: str, contract: str) -> pd.DataFrame:
@@ -475,18 +475,18 @@ def impact_by_category(plan: pd.DataFrame) -> pd.DataFrame:
     return deltas.melt(id_vars="category", var_name="measure", value_name="change")
 
 
-def notebooks(record: Mapping[str, Any], steps: Sequence[str] | None = None) -> list[dict]:
+def notebooks(record: RunRecord, steps: Sequence[str] | None = None) -> list[dict]:
     """Each step's executed notebook: the published one, or the partial one of a failure."""
     out = []
-    recorded = record.get("steps") or {}
+    recorded = record.steps
     for name in list(steps or pipeline_steps()) + [n for n in recorded if n not in (steps or [])]:
         info = recorded.get(name)
         if not info or any(n["step"] == name for n in out):
             continue
-        url = (info.get("outputs") or {}).get("nb")
+        url = info.outputs.get("nb")
         partial = False
         if not url:
-            url = (info.get("debug") or {}).get("notebook")
+            url = info.debug.get("notebook")
             partial = bool(url)
         if url:
             out.append(
@@ -494,21 +494,21 @@ def notebooks(record: Mapping[str, Any], steps: Sequence[str] | None = None) -> 
                     "step": name,
                     "url": url,
                     "partial": partial,
-                    "status": "reused" if info.get("reused") else info.get("status"),
+                    "status": "reused" if info.reused else info.status,
                     "filename": url.rsplit("/", 1)[-1],
                 }
             )
     return out
 
 
-def failures(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+def failures(record: RunRecord) -> list[dict[str, Any]]:
     """Each step that did not succeed: its error and its contract report as a table."""
     out = []
-    for name, info in (record.get("steps") or {}).items():
-        if info.get("status") not in ("failed", "cancelled", "interrupted"):
+    for name, info in record.steps.items():
+        if info.status not in ("failed", "cancelled", "interrupted"):
             continue
         rows = []
-        for report in info.get("report") or []:
+        for report in info.report:
             for failure in report.get("failures") or []:
                 rows.append(
                     {
@@ -525,21 +525,21 @@ def failures(record: Mapping[str, Any]) -> list[dict[str, Any]]:
         out.append(
             {
                 "step": name,
-                "status": info.get("status"),
-                "error": str(info.get("error") or ""),
+                "status": info.status,
+                "error": str(info.error or ""),
                 "report": pd.DataFrame(rows),
-                "traceback": str(info.get("traceback") or ""),
+                "traceback": str(info.traceback or ""),
             }
         )
     return out
 
 
-def output_files(record: Mapping[str, Any], root: str) -> list[dict[str, str]]:
+def output_files(record: RunRecord, root: str) -> list[dict[str, str]]:
     """Every file a run's steps produced, relative to the storage root."""
     out = []
-    for name, info in (record.get("steps") or {}).items():
-        urls = dict(info.get("outputs") or {})
-        debug = info.get("debug") or {}
+    for name, info in record.steps.items():
+        urls = dict(info.outputs)
+        debug = info.debug
         if debug.get("notebook"):
             urls["partial notebook"] = debug["notebook"]
         for i, report in enumerate(debug.get("reports") or []):
@@ -558,29 +558,29 @@ def output_files(record: Mapping[str, Any], root: str) -> list[dict[str, str]]:
 # ---------------------------------------------------------------------------
 
 
-def short_name(record: Mapping[str, Any]) -> str:
-    return f"{record.get('market')} {record.get('period')} …{str(record.get('id', ''))[-6:]}"
+def short_name(record: RunRecord) -> str:
+    return f"{record.market} {record.period} …{record.id[-6:]}"
 
 
-def compare_params(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def compare_params(records: Sequence[RunRecord]) -> pd.DataFrame:
     """Settings that differ between the first run and any other, one column per run."""
     if len(records) < 2:
         return pd.DataFrame()
-    first = dict(records[0])
+    first = records[0]
     keys: list[str] = []
     origins: dict[str, list[str]] = {}
     values: dict[str, dict[str, Any]] = {}
     for other in records[1:]:
-        for row in reports.config_differences(first, dict(other)):
+        for row in reports.config_differences(first, other):
             if row["key"] not in keys:
                 keys.append(row["key"])
     for key in keys:
         values[key] = {}
         origins[key] = []
         for record in records:
-            leaf = _lookup(record.get("config") or {}, key)
+            leaf = _lookup(record.config, key)
             values[key][short_name(record)] = forms.display_value(leaf)
-            origin = (record.get("origins") or {}).get(key)
+            origin = record.origins.get(key)
             origins[key].append(forms.describe_origin(origin) if origin else "")
     rows = []
     for key in sorted(keys):
@@ -599,7 +599,7 @@ def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
 
 
 def compare_kpis(
-    records: Sequence[Mapping[str, Any]], kpis: Sequence[Mapping[str, Any] | None]
+    records: Sequence[RunRecord], kpis: Sequence[Mapping[str, Any] | None]
 ) -> pd.DataFrame:
     """KPIs per run, and each run's change against the first."""
     if not records:

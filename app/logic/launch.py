@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from toolkit import config as config_mod
 from toolkit import project
 from toolkit.data import storage
 from toolkit.runs import store as runs
+from toolkit.runs.record import RunRecord
 
 __all__ = [
     "LaunchRefused",
@@ -59,7 +60,7 @@ class Launched:
     pid: int
     argv: list[str]
     log_path: Path
-    record: dict[str, Any] = field(default_factory=dict)
+    record: RunRecord | None = None
 
 
 def warm_up() -> None:
@@ -136,15 +137,14 @@ def _watch(process: subprocess.Popen, run_id: str, root: str) -> None:
         record = runs.load(run_id, root)
     except runs.RunNotFound:
         return
-    if record.get("launched_from") != "app" or record.get("stored_status") != "queued":
+    if record.launched_from != "app" or record.stored_status != "queued":
         return  # the process re-created the record: the run's own record tells the story
     output = (launch_log(run_id, 3000) or "").strip()
-    record.pop("stored_status", None)
-    record.update(
-        status="failed",
-        finished_at=runs.now(),
-        error=f"the run's process exited with code {code} before the run started"
-        + (f"; its last output:\n{output}" if output else ""),
+    record.stored_status = None
+    record.status = "failed"
+    record.finished_at = runs.now()
+    record.error = f"the run's process exited with code {code} before the run started" + (
+        f"; its last output:\n{output}" if output else ""
     )
     runs.save(record, root)
 
@@ -195,13 +195,14 @@ def launch(
     # executes an existing record instead).
     from toolkit.runs import runner  # imports Ploomber (seconds): only when launching
 
-    record = runner.create(checked.resolved, patches=checked.patches, run_id=run_id)
-    record.update(
+    record = runner.create(
+        checked.resolved,
+        patches=checked.patches,
+        run_id=run_id,
         launcher=viewer.launcher,
         launched_from="app",
         heartbeat_seconds=QUEUED_HEARTBEAT_SECONDS,
     )
-    runs.save(record, root)
 
     path = log_path(run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,9 +219,9 @@ def launch(
                 close_fds=True,
             )
     except OSError as exc:
-        record.update(
-            status="failed", error=f"could not start the run: {exc}", finished_at=runs.now()
-        )
+        record.status = "failed"
+        record.error = f"could not start the run: {exc}"
+        record.finished_at = runs.now()
         runs.save(record, root)
         raise
     _reap(process, run_id, root)

@@ -23,13 +23,13 @@ records = runs.list_runs()
 if len(records) < 2:
     st.info("Comparing needs at least two runs.", icon=":material/info:")
     st.stop()
-ids = [r["id"] for r in records]
-labels = {r["id"]: app_api.run_label(r, tz) for r in records}
+ids = [r.id for r in records]
+labels = {r.id: app_api.run_label(r, tz) for r in records}
 
 if "compare.runs" not in st.session_state:
     requested = [i for i in (st.query_params.get("runs") or "").split(",") if i in ids]
     if len(requested) < 2:
-        succeeded = [r["id"] for r in records if r.get("status") == "succeeded"]
+        succeeded = [r.id for r in records if r.status == "succeeded"]
         requested = list(reversed((succeeded or ids)[:2]))
     st.session_state["compare.runs"] = requested
 chosen = st.multiselect(
@@ -65,12 +65,12 @@ for index, (record, kpi) in enumerate(zip(loaded, kpis, strict=True)):
     with st.container(border=True):
         cols = st.columns([2.2, 1, 1, 1, 1], vertical_alignment="center")
         with cols[0]:
-            ui.status_badge(record.get("status"))
+            ui.status_badge(record.status)
             st.text(
-                f"{'Baseline' if index == 0 else 'Compared'}: {record.get('market')} "
-                f"{record.get('period')} · {record.get('category') or 'all'}"
+                f"{'Baseline' if index == 0 else 'Compared'}: {record.market} "
+                f"{record.period} · {record.category or 'all'}"
             )
-            st.caption(ui.md(record.get("id")))
+            st.caption(ui.md(record.id))
         if kpi is None:
             cols[1].caption("No KPIs: the run did not finish its plan.")
             continue

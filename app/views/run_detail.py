@@ -20,11 +20,11 @@ records = runs.list_runs()
 if not records:
     st.info("No runs yet. Start one on the Launch page.", icon=":material/info:")
     st.stop()
-ids = [r["id"] for r in records]
-labels = {r["id"]: app_api.run_label(r, tz) for r in records}
+ids = [r.id for r in records]
+labels = {r.id: app_api.run_label(r, tz) for r in records}
 wanted = st.query_params.get("run")
 if wanted not in ids:
-    wanted = next((r["id"] for r in records if r.get("status") == "succeeded"), ids[0])
+    wanted = next((r.id for r in records if r.status == "succeeded"), ids[0])
 run_id = st.selectbox(
     "Run",
     ids,
@@ -37,10 +37,10 @@ record = ui.load_run(run_id)
 if record is None:
     st.stop()
 
-status = record.get("status")
-category = record.get("category") or "all categories"
+status = record.status
+category = record.category or "all categories"
 st.subheader(
-    ui.md(f"{record.get('market')} {record.get('period')} · {category}"),
+    ui.md(f"{record.market} {record.period} · {category}"),
     divider="gray",
     anchor=False,
 )
@@ -73,8 +73,8 @@ for failure in app_api.failures(record):
         if failure["traceback"]:
             with st.expander("Technical details"):
                 st.code(failure["traceback"], language=None)
-if status != "succeeded" and not record.get("steps"):
-    st.error(ui.md(record.get("error") or f"The run is {status}."), icon=":material/error:")
+if status != "succeeded" and not record.steps:
+    st.error(ui.md(record.error or f"The run is {status}."), icon=":material/error:")
 
 # --- Headline numbers --------------------------------------------------------------------
 root = ctx.root
@@ -290,8 +290,8 @@ with tab_steps:
 # --- Settings ----------------------------------------------------------------------------
 with tab_settings:
     st.caption("The settings this run used, and which layer each came from.")
-    origins = record.get("origins") or {}
-    config = record.get("config") or {}
+    origins = record.origins
+    config = record.config
     rows = []
     for key, origin in origins.items():
         node = config
@@ -306,7 +306,7 @@ with tab_settings:
         )
     if rows:
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-    versions = record.get("versions") or {}
+    versions = record.versions
     if versions:
         with st.expander("Software versions"):
             st.dataframe(

@@ -85,9 +85,9 @@ if record is None:
     st.stop()
 
 with st.container(border=True):
-    category = record.get("category") or "all categories"
+    category = record.category or "all categories"
     st.subheader(
-        ui.md(f"{record.get('market')} {record.get('period')} · {category}"),
+        ui.md(f"{record.market} {record.period} · {category}"),
         divider="gray",
         anchor=False,
     )
@@ -99,7 +99,7 @@ with st.container(border=True):
         label="Open the results",
         icon=":material/insights:",
         query_params={"run": run_id},
-        disabled=record.get("status") != "succeeded" and not record.get("steps"),
+        disabled=record.status != "succeeded" and not record.steps,
     )
     if cols[1].button(
         "Re-run with these parameters",

@@ -5,7 +5,6 @@ only read results."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import time
 
@@ -16,6 +15,7 @@ from helpers import PROJECT_DIR
 from toolkit import config as config_mod
 from toolkit.data import io, schemas, storage
 from toolkit.runs import store as runs
+from toolkit.runs.record import RunRecord
 
 APP_MAIN = PROJECT_DIR / "app" / "main.py"
 XSS = "<img src=x onerror=alert(1)>"
@@ -68,7 +68,7 @@ def wait_for_status(run_id, statuses, timeout=420, root=None):
             record = runs.load(run_id, root)
         except runs.RunNotFound:
             record = None
-        if record and record["status"] in statuses:
+        if record and record.status in statuses:
             return record
         time.sleep(1.0)
     raise AssertionError(f"run {run_id} not {statuses} after {timeout}s: {record}")
@@ -162,7 +162,7 @@ def make_run(
     status: str = "succeeded",
     launcher: str = "analyst@example.com",
     failed_step: str | None = None,
-) -> dict:
+) -> RunRecord:
     """Write a run record and outputs that satisfy their contracts, as a real run would."""
     names = names or ["Aurora Lamp 1", "Nimbus Mug 2", "Vertex Robot 3", "Harbor Vase 4"]
     catalog, weekly, forecasts, plan = _frames(names, price_change)
@@ -241,25 +241,27 @@ def make_run(
             "outputs": urls,
             "duration_s": 2.0,
         }
-    record = {
-        "id": run_id,
-        "status": "failed" if failed_step else status,
-        "market": "US",
-        "period": "2026-11",
-        "category": None,
-        "launcher": launcher,
-        "created_at": (now - dt.timedelta(minutes=5)).isoformat(),
-        "started_at": (now - dt.timedelta(minutes=5)).isoformat(),
-        "finished_at": (now - dt.timedelta(minutes=4)).isoformat(),
-        "heartbeat_at": (now - dt.timedelta(minutes=4)).isoformat(),
-        "heartbeat_seconds": 5.0,
-        "root": root,
-        "inputs": {"configs": [], "patches": list(patches)},
-        "config": resolved.as_dict(),
-        "origins": {key: origin for key, _, origin in resolved.leaves()},
-        "steps": steps,
-        "events": [{"at": now.isoformat(), "message": "[1/5] load_transform: done in 2.0s"}],
-        "error": "a step failed; see its error and report" if failed_step else None,
-    }
+    record = RunRecord.model_validate(
+        {
+            "id": run_id,
+            "status": "failed" if failed_step else status,
+            "market": "US",
+            "period": "2026-11",
+            "category": None,
+            "launcher": launcher,
+            "created_at": (now - dt.timedelta(minutes=5)).isoformat(),
+            "started_at": (now - dt.timedelta(minutes=5)).isoformat(),
+            "finished_at": (now - dt.timedelta(minutes=4)).isoformat(),
+            "heartbeat_at": (now - dt.timedelta(minutes=4)).isoformat(),
+            "heartbeat_seconds": 5.0,
+            "root": root,
+            "inputs": {"configs": [], "patches": list(patches)},
+            "config": resolved.as_dict(),
+            "origins": {key: origin for key, _, origin in resolved.leaves()},
+            "steps": steps,
+            "events": [{"at": now.isoformat(), "message": "[1/5] load_transform: done in 2.0s"}],
+            "error": "a step failed; see its error and report" if failed_step else None,
+        }
+    )
     runs.save(record, root)
-    return json.loads(json.dumps(record))
+    return record

@@ -105,9 +105,9 @@ def server(tmp_path):
         yield url, str(root)
     finally:
         for record in runs.list_runs(str(root)):  # no run outlives the test
-            if record.get("status") in runs.ACTIVE and record.get("pid"):
+            if record.status in runs.ACTIVE and record.pid:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(os.getpgid(record["pid"]), signal.SIGTERM)
+                    os.killpg(os.getpgid(record.pid), signal.SIGTERM)
         os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=20)
@@ -137,10 +137,10 @@ def test_launch_follow_and_read_results_in_a_browser(server):
             # The run shows at once, queued or running, with its steps.
             expect(page.get_by_text("Your latest run")).to_be_visible()
             expect(page.get_by_text("Load transform").first).to_be_visible()
-            ids = [r["id"] for r in runs.list_runs(root)]
+            ids = [r.id for r in runs.list_runs(root)]
             assert len(ids) == 1
             run_id = ids[0]
-            assert runs.load(run_id, root)["status"] in runs.ACTIVE
+            assert runs.load(run_id, root).status in runs.ACTIVE
 
             # Follow it on the Runs page while it runs in the background.
             page.get_by_role("link", name="Follow it on the Runs page").click()
@@ -149,7 +149,7 @@ def test_launch_follow_and_read_results_in_a_browser(server):
             record = wait_for_status(
                 run_id, ("succeeded", "failed", "cancelled", "interrupted"), root=root
             )
-            assert record["status"] == "succeeded", record.get("error")
+            assert record.status == "succeeded", record.error
 
             # Its recommendations: a table with rows, a chart that renders.
             page.goto(f"{url}/run_detail?run={run_id}")

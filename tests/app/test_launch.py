@@ -143,12 +143,12 @@ def test_a_process_that_dies_before_starting_fails_the_run_with_its_output(local
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         record = runs.load(launched.run_id)
-        if record["status"] != "queued":
+        if record.status != "queued":
             break
         time.sleep(0.2)
-    assert record["status"] == "failed"
-    assert "exited with code 3 before the run started" in record["error"]
-    assert "cannot import toolkit" in record["error"]
+    assert record.status == "failed"
+    assert "exited with code 3 before the run started" in record.error
+    assert "cannot import toolkit" in record.error
 
 
 def test_a_queued_record_waits_for_its_slow_process(local_root, monkeypatch):
@@ -158,9 +158,9 @@ def test_a_queued_record_waits_for_its_slow_process(local_root, monkeypatch):
     launched = launch.launch(US, values(), LOCAL, access.AppSettings())
     try:
         record = runs.load(launched.run_id)
-        assert record["status"] == "queued"
-        assert record["launcher"] == LOCAL.launcher
-        later = runs.parse_time(record["created_at"]) + dt.timedelta(seconds=60)
+        assert record.status == "queued"
+        assert record.launcher == LOCAL.launcher
+        later = runs.parse_time(record.created_at) + dt.timedelta(seconds=60)
         assert runs.effective_status(record, at=later) == "queued"  # not "interrupted"
         much_later = later + dt.timedelta(minutes=5)
         assert runs.effective_status(record, at=much_later) == "interrupted"

@@ -34,9 +34,9 @@ def demo_root(tmp_path_factory):
     yield str(root)
     st_config.set_option("server.address", address)
     for record in runs.list_runs(str(root)):  # never leave a run behind
-        if record.get("status") in runs.ACTIVE and record.get("pid"):
+        if record.status in runs.ACTIVE and record.pid:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(os.getpgid(record["pid"]), signal.SIGTERM)
+                os.killpg(os.getpgid(record.pid), signal.SIGTERM)
     patch.undo()
 
 
@@ -57,7 +57,7 @@ def first_run(demo_root):
     at, run_id = launch_from_form(0.5)
     # The record exists at once (queued), before the background process has done anything.
     record = runs.load(run_id)
-    assert record["status"] in ("queued", "running")
+    assert record.status in ("queued", "running")
     assert "Your latest run" in texts(at, "subheader")
     return at, run_id
 
@@ -65,9 +65,9 @@ def first_run(demo_root):
 def test_a_launched_run_shows_at_once_and_runs_in_the_background(first_run):
     at, run_id = first_run
     record = runs.load(run_id)
-    assert record["launcher"] == getpass.getuser()  # local mode: the person at this computer
-    assert "optimize.weights.revenue=0.5" in record["inputs"]["patches"]
-    assert record["origins"]["optimize.weights.revenue"] == "--patch optimize.weights.revenue=0.5"
+    assert record.launcher == getpass.getuser()  # local mode: the person at this computer
+    assert "optimize.weights.revenue=0.5" in record.inputs.patches
+    assert record.origins["optimize.weights.revenue"] == "--patch optimize.weights.revenue=0.5"
 
 
 def test_another_session_sees_the_run_and_its_progress(first_run):
@@ -81,14 +81,14 @@ def test_another_session_sees_the_run_and_its_progress(first_run):
     for step in ("Load transform", "Forecast", "Format output"):
         assert step in shown
     assert other.get("progress")
-    if runs.load(run_id)["status"] in runs.ACTIVE:
+    if runs.load(run_id).status in runs.ACTIVE:
         assert [b for b in other.button if b.label == "Cancel this run"]
 
 
 def test_the_run_succeeds_and_its_results_show(first_run):
     _, run_id = first_run
     record = wait_for_status(run_id, ("succeeded", "failed", "cancelled", "interrupted"))
-    assert record["status"] == "succeeded", runner.explain_failure(record)
+    assert record.status == "succeeded", runner.explain_failure(record)
     at = new_app().run()
     at.query_params["run"] = run_id
     at.switch_page("views/run_detail.py").run()
@@ -105,11 +105,11 @@ def test_a_second_run_reuses_cached_steps_and_compares(first_run):
     wait_for_status(first, ("succeeded",))
     _, second = launch_from_form(0.6)
     record = wait_for_status(second, ("succeeded", "failed", "cancelled", "interrupted"))
-    assert record["status"] == "succeeded", runner.explain_failure(record)
-    steps = record["steps"]
+    assert record.status == "succeeded", runner.explain_failure(record)
+    steps = record.steps
     for name in ("load_transform", "identify_underperformers", "forecast"):
-        assert steps[name]["reused"] and steps[name]["reused_from"] == first
-    assert not steps["optimize"]["reused"]
+        assert steps[name].reused and steps[name].reused_from == first
+    assert not steps["optimize"].reused
 
     at = new_app().run()
     at.query_params["run"] = second
@@ -133,4 +133,4 @@ def test_a_run_can_be_cancelled_from_the_page(demo_root, first_run):
     assert cancel, [b.label for b in at.button]
     cancel[0].click().run()
     record = wait_for_status(run_id, ("cancelled", "succeeded", "failed"), timeout=180)
-    assert record["status"] == "cancelled"
+    assert record.status == "cancelled"

@@ -297,9 +297,9 @@ def summary_command(run_id) -> None:
 def _latest_succeeded():
     from toolkit.runs import store as runs
 
-    for row in runs.list_runs():
-        if row.get("status") == "succeeded":
-            return row
+    for record in runs.list_runs():
+        if record.status == "succeeded":
+            return record
     click.echo("no succeeded run yet; start one with `toolkit run`", err=True)
     sys.exit(2)
 
@@ -367,14 +367,11 @@ def runs_show(run_id, as_json) -> None:
 
     record = _record_or_exit(run_id)
     if as_json:
+        stored = record.to_json()
         out = {
             **runs.summary_row(record),
-            "config": record.get("config"),
-            "origins": record.get("origins"),
-            "steps": record.get("steps"),
-            "error": record.get("error"),
-            "versions": record.get("versions"),
-            "git_commit": record.get("git_commit"),
+            **{key: stored[key] for key in ("config", "origins", "steps", "error", "versions")},
+            "git_commit": record.git_commit,
         }
         click.echo(json.dumps(out, indent=2, default=str))
         return
@@ -385,16 +382,16 @@ def runs_show(run_id, as_json) -> None:
         f"{row['duration_s'] or 0:.0f}s"
     )
     click.echo("\nconfig:")
-    for key, origin in (record.get("origins") or {}).items():
-        click.echo(f"  {key} = {json.dumps(_lookup(record['config'], key))}  # {origin}")
+    for key, origin in record.origins.items():
+        click.echo(f"  {key} = {json.dumps(_lookup(record.config, key))}  # {origin}")
     click.echo("\nsteps:")
-    for name, step in record.get("steps", {}).items():
-        reused = f" (reused from {step.get('reused_from')})" if step.get("reused") else ""
-        timing = f" {step.get('duration_s')}s" if step.get("duration_s") is not None else ""
-        click.echo(f"  {name}: {step.get('status')}{reused}{timing} key={step.get('cache_key')}")
-        for key, url in (step.get("outputs") or {}).items():
+    for name, step in record.steps.items():
+        reused = f" (reused from {step.reused_from})" if step.reused else ""
+        timing = f" {step.duration_s}s" if step.duration_s is not None else ""
+        click.echo(f"  {name}: {step.status}{reused}{timing} key={step.cache_key}")
+        for key, url in step.outputs.items():
             click.echo(f"    {key}: {url}")
-    if record.get("status") != "succeeded":
+    if record.status != "succeeded":
         click.echo("")
         click.echo(runner.explain_failure(record))
 

@@ -131,13 +131,13 @@ def _run_outputs(task, resolved, only=None) -> tuple[dict[str, dict[str, str]], 
         return {}, [f"cannot list the runs: {exc}"]
     found: dict[str, dict[str, str]] = {}
     for record in records:
-        if record.get("config") != wanted:
+        if record.config != wanted:
             continue
         for name in task.upstream:
-            step = (record.get("steps") or {}).get(name) or {}
-            finished = step.get("status") in ("succeeded", "reused") and step.get("outputs")
+            step = record.steps.get(name)
+            finished = step is not None and step.status in ("succeeded", "reused") and step.outputs
             if finished and name not in found:
-                found[name] = dict(step["outputs"])
+                found[name] = dict(step.outputs)
     return found, []
 
 
@@ -237,7 +237,7 @@ def inject(
         if patches or configs:
             raise StepError("--run takes the run's own config; drop --patch and --config")
         only = [runs.load(run_id)]
-        configs, refresh = [only[0]["config_url"]], True
+        configs, refresh = [only[0].config_url], True
     dag, resolved = _load_dag(patches, configs, Path(project_dir))
     task = _notebook_task(dag, step)
     upstream, downloaded = _ensure_upstream(task, resolved, patches, configs, refresh, only)

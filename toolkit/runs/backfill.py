@@ -20,6 +20,7 @@ from toolkit import config as config_mod
 from toolkit.data import storage
 from toolkit.runs import runner
 from toolkit.runs import store as runs
+from toolkit.runs.record import RunRecord
 
 __all__ = [
     "BackfillError",
@@ -524,7 +525,7 @@ def _drive(context: _Context, combination: _Combination, shared) -> None:
         _settle(context, combination, record=record)
 
 
-def _start(context: _Context, combination: _Combination, options, say) -> dict | None:
+def _start(context: _Context, combination: _Combination, options, say) -> RunRecord | None:
     try:
         resolved = config_mod.resolve(
             country=combination.market,
@@ -539,18 +540,22 @@ def _start(context: _Context, combination: _Combination, options, say) -> dict |
         context.manifest.save()
         say(f"invalid config: {_first_problem(exc)}")
         return None
-    record = runner.create(resolved, context.configs, context.patches, executor=context.executor)
-    record["backfill"] = context.manifest.data["id"]
-    runs.save(record, record["root"])
-    combination.run_id, combination.status, combination.error = record["id"], "running", None
+    record = runner.create(
+        resolved,
+        context.configs,
+        context.patches,
+        executor=context.executor,
+        backfill=context.manifest.data["id"],
+    )
+    combination.run_id, combination.status, combination.error = record.id, "running", None
     context.manifest.save()
-    say(f"run {record['id']}")
+    say(f"run {record.id}")
     return runner.execute(record, executor=context.executor, executor_options=options, progress=say)
 
 
-def _resume(context: _Context, combination: _Combination, options, say) -> dict | None:
+def _resume(context: _Context, combination: _Combination, options, say) -> RunRecord | None:
     record = runs.load(combination.run_id)
-    status = record["status"]
+    status = record.status
     if status not in RESUMABLE:
         how = {
             "succeeded": "already succeeded",
@@ -590,34 +595,34 @@ def _check_identity(resolved: config_mod.ResolvedConfig, combination: _Combinati
 def _settle(
     context: _Context,
     combination: _Combination,
-    record: dict[str, Any] | None = None,
+    record: RunRecord | None = None,
     status: str | None = None,
     error: str | None = None,
 ) -> None:
     """Note a combination's outcome in the manifest: from its record, else as given."""
     if record is not None:
-        combination.run_id = record["id"]
-        combination.status = record["status"]
+        combination.run_id = record.id
+        combination.status = record.status
         combination.error = _run_error(record)
     else:
         combination.status, combination.error = status or "failed", error
         if combination.run_id is not None:
             try:  # the run's own record is the better account, when it exists
                 record = runs.load(combination.run_id)
-                combination.status = record["status"]
+                combination.status = record.status
                 combination.error = _run_error(record) or combination.error
             except (runs.RunNotFound, storage.StorageError):
                 pass
     context.manifest.save()
 
 
-def _run_error(record: dict[str, Any]) -> str | None:
-    if record.get("status") == "succeeded":
+def _run_error(record: RunRecord) -> str | None:
+    if record.status == "succeeded":
         return None
-    for name, step in (record.get("steps") or {}).items():
-        if step.get("status") in ("failed", "cancelled", "interrupted") and step.get("error"):
-            return f"step {name}: {step['error']}"
-    return record.get("error") or f"run {record.get('status')}"
+    for name, step in record.steps.items():
+        if step.status in ("failed", "cancelled", "interrupted") and step.error:
+            return f"step {name}: {step.error}"
+    return record.error or f"run {record.status}"
 
 
 def _first_problem(exc: config_mod.ConfigError) -> str:
@@ -648,11 +653,11 @@ def _result(backfill_id: str, combination: _Combination) -> dict[str, Any]:
     except (runs.RunNotFound, storage.StorageError) as exc:
         out["error"] = out["error"] or str(exc)
         return out
-    steps = record.get("steps") or {}
+    steps = record.steps
     out.update(
-        status=record["status"],
+        status=record.status,
         duration_s=runs.duration_seconds(record),
-        steps_reused=sum(1 for s in steps.values() if s.get("reused")),
+        steps_reused=sum(1 for s in steps.values() if s.reused),
         steps=len(steps),
     )
     return out

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from toolkit.data import storage
+from toolkit.runs.record import RunRecord
 
 __all__ = [
     "BACKTEST_COLUMNS",
@@ -22,9 +23,10 @@ __all__ = [
 BACKTEST_COLUMNS = ("product_id", "model_mae", "naive_mae", "model_wape", "naive_wape", "n_weeks")
 
 
-def kpis(record: dict[str, Any]) -> dict[str, Any] | None:
+def kpis(record: RunRecord) -> dict[str, Any] | None:
     """The plan KPIs of a run (from its optimize step), or None when it has none yet."""
-    url = ((record.get("steps") or {}).get("optimize") or {}).get("outputs", {}).get("kpis")
+    step = record.steps.get("optimize")
+    url = step.outputs.get("kpis") if step else None
     if not url:
         return None
     try:
@@ -86,9 +88,9 @@ def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
-def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+def config_differences(a: RunRecord, b: RunRecord) -> list[dict[str, Any]]:
     """Each config key whose value differs between two records, with both origins."""
-    left, right = _leaves(a.get("config") or {}), _leaves(b.get("config") or {})
+    left, right = _leaves(a.config), _leaves(b.config)
     rows = []
     for key in sorted(set(left) | set(right)):
         if left.get(key) != right.get(key):
@@ -97,21 +99,21 @@ def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, A
                     "key": key,
                     "a": left.get(key),
                     "b": right.get(key),
-                    "a_origin": (a.get("origins") or {}).get(key),
-                    "b_origin": (b.get("origins") or {}).get(key),
+                    "a_origin": a.origins.get(key),
+                    "b_origin": b.origins.get(key),
                 }
             )
     return rows
 
 
-def diff_runs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def diff_runs(a: RunRecord, b: RunRecord) -> dict[str, Any]:
     """Config differences and KPI deltas (b minus a)."""
     ka, kb = kpis(a) or {}, kpis(b) or {}
     deltas = {}
     for key in sorted(set(ka) & set(kb)):
         if isinstance(ka[key], int | float) and isinstance(kb[key], int | float):
             deltas[key] = {"a": ka[key], "b": kb[key], "delta": kb[key] - ka[key]}
-    return {"a": a["id"], "b": b["id"], "config": config_differences(a, b), "kpis": deltas}
+    return {"a": a.id, "b": b.id, "config": config_differences(a, b), "kpis": deltas}
 
 
 def diff_text(diff: dict[str, Any]) -> str:
@@ -147,20 +149,20 @@ def notebook_text(url: str, max_chars: int = 20_000) -> str:
     return text[-max_chars:]
 
 
-def run_log(record: dict[str, Any], step: str | None = None) -> str:
+def run_log(record: RunRecord, step: str | None = None) -> str:
     """The run's events and step errors; with ``step``, that step's notebook output too."""
-    lines = [f"{e['at'][:19].replace('T', ' ')}  {e['message']}" for e in record.get("events", [])]
-    if record.get("error"):
-        lines.append(f"error: {record['error']}")
-    for name, info in (record.get("steps") or {}).items():
-        if info.get("traceback") and info.get("status") == "failed":
-            lines += [f"--- {name} traceback ---", info["traceback"].rstrip()]
+    lines = [f"{e.at[:19].replace('T', ' ')}  {e.message}" for e in record.events]
+    if record.error:
+        lines.append(f"error: {record.error}")
+    for name, info in record.steps.items():
+        if info.traceback and info.status == "failed":
+            lines += [f"--- {name} traceback ---", info.traceback.rstrip()]
     if step:
-        info = (record.get("steps") or {}).get(step)
+        info = record.steps.get(step)
         if info is None:
             lines.append(f"no step {step!r} in this run")
         else:
-            url = (info.get("outputs") or {}).get("nb") or (info.get("debug") or {}).get("notebook")
+            url = info.outputs.get("nb") or info.debug.get("notebook")
             if url:
                 lines += [f"--- {step} notebook output ({url}) ---", notebook_text(url).rstrip()]
             else:

@@ -24,6 +24,7 @@ from toolkit.dag import pipeline
 from toolkit.data import storage
 from toolkit.runs import cache, executors
 from toolkit.runs import store as runs
+from toolkit.runs.record import RunEvent, RunInputs, RunRecord, StepRecord
 
 __all__ = [
     "RunFailed",
@@ -40,7 +41,7 @@ Progress = Callable[[str], None]
 class RunFailed(RuntimeError):
     """A run ended without success; ``record`` says which step and why."""
 
-    def __init__(self, record: dict[str, Any]):
+    def __init__(self, record: RunRecord):
         self.record = record
         super().__init__(explain_failure(record))
 
@@ -70,9 +71,14 @@ def load_dag(resolved: config_mod.ResolvedConfig, configs=(), patches=()):
 
 
 class _Recorder:
-    """Serialises record updates from the run loop and the heartbeat thread."""
+    """Serialises record updates from the run loop and the heartbeat thread.
 
-    def __init__(self, record: dict[str, Any], root: str, progress: Progress):
+    The record is updated in place (fields set one by one, each validated), so whoever
+    holds it (the run loop, ``RunFailed``) sees the current state; every change is saved
+    under the lock, so a beat never writes a half-made update.
+    """
+
+    def __init__(self, record: RunRecord, root: str, progress: Progress):
         self.record = record
         self.root = root
         self.progress = progress
@@ -80,18 +86,24 @@ class _Recorder:
 
     def update(self, **fields) -> None:
         with self.lock:
-            self.record.update(fields)
+            for name, value in fields.items():
+                setattr(self.record, name, value)
             runs.save(self.record, self.root)
 
     def step(self, name: str, **fields) -> None:
         with self.lock:
-            self.record["steps"].setdefault(name, {}).update(fields)
+            step = self.record.steps.get(name)
+            if step is None:
+                self.record.steps[name] = StepRecord(**fields)
+            else:
+                for field, value in fields.items():
+                    setattr(step, field, value)
             runs.save(self.record, self.root)
 
     def event(self, message: str) -> None:
         self.progress(message)
         with self.lock:
-            self.record.setdefault("events", []).append({"at": runs.now(), "message": message})
+            self.record.events.append(RunEvent(at=runs.now(), message=message))
             runs.save(self.record, self.root)
 
 
@@ -119,7 +131,7 @@ class _Heartbeat(threading.Thread):
     def cancel_requested(self) -> bool:
         """Whether a cancel marker exists (checked at each beat and before each step)."""
         if not self.cancelled:
-            url = runs.run_url(self.recorder.record["id"], "cancel", root=self.recorder.root)
+            url = runs.run_url(self.recorder.record.id, "cancel", root=self.recorder.root)
             self.cancelled = storage.exists(url)
         return self.cancelled
 
@@ -139,15 +151,20 @@ def create(
     run_id=None,
     executor: str = "serial",
     force: bool = False,
-) -> dict[str, Any]:
-    """Write a new run's frozen config and its ``queued`` record; return the record."""
+    **fields: Any,
+) -> RunRecord:
+    """Write a new run's frozen config and its ``queued`` record; return the record.
+
+    ``fields`` set or override fields before the first save (``backfill``, ``launcher``).
+    """
     root = storage.root()
     cfg = resolved.config
     run_id = run_id or runs.new_id(cfg.country, cfg.period)
     config_url = runs.run_url(run_id, "config.yaml", root=root)
     frozen = yaml.safe_dump(resolved.as_dict(), sort_keys=False).encode()
     storage.write_bytes(config_url, frozen)
-    record = {
+    created = runs.now()
+    values: dict[str, Any] = {
         "id": run_id,
         "status": "queued",
         "market": cfg.country,
@@ -155,11 +172,11 @@ def create(
         "category": cfg.category,
         "launcher": runs.launcher(),
         "host": socket.gethostname(),
-        "created_at": runs.now(),
-        "heartbeat_at": runs.now(),
+        "created_at": created,
+        "heartbeat_at": created,
         "heartbeat_seconds": runs.HEARTBEAT_SECONDS,
         "root": root,
-        "inputs": {"configs": list(configs), "patches": list(patches)},
+        "inputs": RunInputs(configs=list(configs), patches=list(patches)),
         "config": resolved.as_dict(),
         "origins": {key: origin for key, _, origin in resolved.leaves()},
         "config_url": config_url,
@@ -167,9 +184,8 @@ def create(
         "force": force,
         "versions": runs.versions(),
         "git_commit": runs.git_commit(),
-        "steps": {},
-        "events": [],
     }
+    record = RunRecord(**{**values, **fields})
     runs.save(record, root)
     return record
 
@@ -184,10 +200,10 @@ def start(
     executor="serial",
     executor_options=None,
     progress: Progress = print,
-) -> dict[str, Any]:
+) -> RunRecord:
     """Create a run and execute it. Returns the final record; raises ``RunFailed``."""
     record = create(resolved, configs, patches, run_id=run_id, executor=executor, force=force)
-    progress(f"run {record['id']}")
+    progress(f"run {record.id}")
     return execute(
         record, force=force, executor=executor, executor_options=executor_options, progress=progress
     )
@@ -195,26 +211,27 @@ def start(
 
 def resume(
     run_id: str, progress: Progress = print, executor=None, executor_options=None
-) -> dict[str, Any]:
+) -> RunRecord:
     """Finish an interrupted or failed run, re-executing only its unfinished steps."""
     record = runs.load(run_id)
-    status = record["status"]
+    status = record.status
     if status in runs.ACTIVE:
         raise RuntimeError(
-            f"run {run_id} is still {status} (heartbeat {record.get('heartbeat_at')}); "
+            f"run {run_id} is still {status} (heartbeat {record.heartbeat_at}); "
             "cancel it first or wait for it"
         )
     if status == "succeeded":
         progress(f"run {run_id} already succeeded; nothing to do")
         return record
-    record["status"] = record.pop("stored_status", status)
-    record.setdefault("resumed", []).append(runs.now())
+    record.status = record.stored_status or status
+    record.stored_status = None
+    record.resumed.append(runs.now())
     # A cancel request that stopped the run before would stop it again at the first beat.
-    storage.remove(runs.run_url(run_id, "cancel", root=record.get("root")))
+    storage.remove(runs.run_url(run_id, "cancel", root=record.root))
     return execute(
         record,
         force=False,
-        executor=executor or record.get("executor", "serial"),
+        executor=executor or record.executor,
         executor_options=executor_options,
         progress=progress,
     )
@@ -223,7 +240,7 @@ def resume(
 def cancel(run_id: str) -> None:
     """Ask a running run to stop: it notices within one heartbeat."""
     record = runs.load(run_id)
-    storage.write_bytes(runs.run_url(run_id, "cancel", root=record.get("root")), b"cancel\n")
+    storage.write_bytes(runs.run_url(run_id, "cancel", root=record.root), b"cancel\n")
 
 
 # ---------------------------------------------------------------------------
@@ -238,7 +255,7 @@ def cancel(run_id: str) -> None:
 _PARSING = threading.Lock()
 
 
-def _plan(record: dict[str, Any]) -> tuple[dict[str, str], list[pipeline.Step]]:
+def _plan(record: RunRecord) -> tuple[dict[str, str], list[pipeline.Step]]:
     """A run's env (its frozen config) and its steps in run order.
 
     The plan is the same for every run of the same config and project files, so it is
@@ -246,12 +263,12 @@ def _plan(record: dict[str, Any]) -> tuple[dict[str, str], list[pipeline.Step]]:
     imports Ploomber.
     """
     env = {
-        "country": record["market"],
-        "period": record["period"],
-        "category": record["category"] or "all",
-        "configs": json.dumps([record["config_url"]]),
+        "country": record.market,
+        "period": record.period,
+        "category": record.category or "all",
+        "configs": json.dumps([record.config_url]),
         "patches": "[]",
-        "run_id": record["id"],
+        "run_id": record.id,
     }
     # Planning renders params only; no product is written to this workspace.
     workspace = Path(tempfile.gettempdir()) / "toolkit-plan"
@@ -276,25 +293,25 @@ def _raw_inputs(root: str, market: str) -> dict[str, str]:
 
 
 def execute(
-    record: dict[str, Any],
+    record: RunRecord,
     *,
     force=False,
     executor="serial",
     executor_options=None,
     progress: Progress = print,
-) -> dict[str, Any]:
+) -> RunRecord:
     """Walk the DAG: reuse cached steps, execute the others, keep the record current."""
-    root = record["root"]
+    root = record.root
     recorder = _Recorder(record, root, progress)
     recorder.update(
         status="running",
-        started_at=record.get("started_at") or runs.now(),
+        started_at=record.started_at or runs.now(),
         heartbeat_at=runs.now(),
         finished_at=None,
         error=None,
         pid=_pid(),
     )
-    beat = _Heartbeat(recorder, float(record.get("heartbeat_seconds", runs.HEARTBEAT_SECONDS)))
+    beat = _Heartbeat(recorder, float(record.heartbeat_seconds or runs.HEARTBEAT_SECONDS))
     beat.start()
     pool = None
     try:
@@ -303,11 +320,11 @@ def execute(
         planned = {step.name: step for step in steps}
         upstream_of = {step.name: list(step.upstream) for step in steps}
         identity = {
-            "market": record["market"],
-            "period": record["period"],
-            "category": record["category"],
+            "market": record.market,
+            "period": record.period,
+            "category": record.category,
         }
-        timeout = int(record["config"]["execution"]["step_timeout_seconds"])
+        timeout = int(record.config["execution"]["step_timeout_seconds"])
         keys: dict[str, str] = {}
         outputs: dict[str, dict[str, str]] = {}
         pending = list(order)
@@ -320,7 +337,7 @@ def execute(
                 raise KeyboardInterrupt
             for name in ready:
                 pending.remove(name)
-                inputs = _raw_inputs(root, record["market"]) if not upstream_of[name] else {}
+                inputs = _raw_inputs(root, record.market) if not upstream_of[name] else {}
                 with _PARSING:
                     keys[name] = cache.step_key(
                         name,
@@ -331,13 +348,13 @@ def execute(
                     )
                 position = f"[{order.index(name) + 1}/{total}] {name}"
                 warnings: list[str] = []
-                previous = record["steps"].get(name, {})
+                previous = record.steps.get(name) or StepRecord(status="running")
                 hit = None if force else cache.lookup(root, identity, name, keys[name], warnings)
                 for warning in warnings:
                     recorder.event(f"{position}: {warning}")
                 if hit is not None:
                     outputs[name] = hit["outputs"]
-                    own = hit["run_id"] == record["id"]
+                    own = hit["run_id"] == record.id
                     recorder.step(
                         name,
                         status="succeeded" if own else "reused",
@@ -347,31 +364,31 @@ def execute(
                         outputs=hit["outputs"],
                         url=hit["url"],
                         error=None,
-                        duration_s=previous.get("duration_s") if own else 0.0,
+                        duration_s=previous.duration_s if own else 0.0,
                     )
                     how = "already done" if own else f"reused from run {hit['run_id']}"
                     recorder.event(f"{position}: {how}")
                     continue
-                attempt = f"{record['id']}.{len(previous.get('attempts', [])) + 1}"
+                attempt = f"{record.id}.{len(previous.attempts) + 1}"
                 recorder.step(
                     name,
                     status="running",
                     cache_key=keys[name],
                     reused=False,
                     started_at=runs.now(),
-                    attempts=previous.get("attempts", []) + [attempt],
+                    attempts=[*previous.attempts, attempt],
                     error=None,
                 )
                 recorder.event(f"{position}: running")
                 request = {
                     "root": root,
-                    "run_id": record["id"],
+                    "run_id": record.id,
                     "step": name,
                     "env": env,
                     "key": keys[name],
                     "attempt": attempt,
                     "timeout": timeout,
-                    "kernel": record["config"]["execution"].get("kernel", "reuse"),
+                    "kernel": record.config["execution"].get("kernel", "reuse"),
                     "identity": identity,
                     "upstream": {u: outputs[u] for u in upstream_of[name]},
                 }
@@ -426,10 +443,10 @@ def execute(
         return record
     except KeyboardInterrupt:
         status = "cancelled" if beat.cancelled else "interrupted"
-        for name, step in record["steps"].items():
-            if step.get("status") in ("running", "failed") and not step.get("finished_at"):
+        for name, step in list(record.steps.items()):
+            if step.status in ("running", "failed") and not step.finished_at:
                 recorder.step(name, status=status, finished_at=runs.now())
-            elif step.get("status") == "running":
+            elif step.status == "running":
                 recorder.step(name, status=status)
         recorder.update(status=status, finished_at=runs.now(), error=f"run {status}")
         recorder.event(f"run {status}")
@@ -446,7 +463,7 @@ def execute(
     finally:
         beat.stop()
         if pool is not None:
-            pool.release(record["id"])
+            pool.release(record.id)
             pool.close()
 
 
@@ -473,15 +490,15 @@ def _pid() -> int:
 # ---------------------------------------------------------------------------
 
 
-def explain_failure(record: dict[str, Any]) -> str:
-    lines = [f"run {record['id']} {record.get('status')}"]
-    for name, step in record.get("steps", {}).items():
-        if step.get("status") not in ("failed", "cancelled", "interrupted"):
+def explain_failure(record: RunRecord) -> str:
+    lines = [f"run {record.id} {record.status}"]
+    for name, step in record.steps.items():
+        if step.status not in ("failed", "cancelled", "interrupted"):
             continue
-        lines.append(f"step '{name}' {step['status']}: {step.get('error') or ''}".rstrip())
-        for report in step.get("report") or []:
+        lines.append(f"step '{name}' {step.status}: {step.error or ''}".rstrip())
+        for report in step.report:
             lines.append(_report_text(report))
-        for key, url in (step.get("debug") or {}).items():
+        for key, url in step.debug.items():
             lines.append(f"  {key}: {url}")
     return "\n".join(lines)
 
@@ -502,18 +519,18 @@ def _read_table(url: str, columns: Sequence[str]):
         return pq.ParquetFile(fh).read(columns=list(columns))
 
 
-def describe(record: dict[str, Any]) -> str:
+def describe(record: RunRecord) -> str:
     """Where a finished run's outputs are, step by step."""
     lines = [
-        f"run {record['id']}: {record['status']} "
-        f"({record['market']} {record['period']} {record.get('category') or 'all'})"
+        f"run {record.id}: {record.status} "
+        f"({record.market} {record.period} {record.category or 'all'})"
     ]
-    for name, step in record.get("steps", {}).items():
-        state = step.get("status")
-        if step.get("reused"):
-            state = f"reused from {step.get('reused_from')}"
+    for name, step in record.steps.items():
+        state = step.status
+        if step.reused:
+            state = f"reused from {step.reused_from}"
         lines.append(f"  {name} ({state})")
-        lines += [f"    {key}: {url}" for key, url in (step.get("outputs") or {}).items()]
+        lines += [f"    {key}: {url}" for key, url in step.outputs.items()]
     return "\n".join(lines)
 
 
@@ -547,7 +564,7 @@ def _summary_row(change: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
-def summary(record: dict[str, Any], top: int = 10) -> str:
+def summary(record: RunRecord, top: int = 10) -> str:
     """Top recommended changes, forecast error vs seasonal naive, where outputs are.
 
     Read with Arrow, not pandas: a cached run is mostly this summary, and importing
@@ -556,15 +573,15 @@ def summary(record: dict[str, Any], top: int = 10) -> str:
     """
     from toolkit.runs import reports
 
-    steps = record["steps"]
-    plan = _read_table(steps["optimize"]["outputs"]["data"], _SUMMARY_COLUMNS)
-    kpis = json.loads(storage.read_bytes(steps["optimize"]["outputs"]["kpis"]))
-    accuracy = _read_table(steps["forecast"]["outputs"]["accuracy"], reports.BACKTEST_COLUMNS)
+    steps = record.steps
+    plan = _read_table(steps["optimize"].outputs["data"], _SUMMARY_COLUMNS)
+    kpis = json.loads(storage.read_bytes(steps["optimize"].outputs["kpis"]))
+    accuracy = _read_table(steps["forecast"].outputs["accuracy"], reports.BACKTEST_COLUMNS)
     # Plain lists: converting Arrow columns to NumPy arrays would import pandas.
     backtest = reports.pooled_backtest(accuracy.to_pydict())
     changes = plan.filter(plan["changed"]).slice(0, top).to_pylist()
     lines = [
-        f"Recommendations for {record['market']} {record['period']} "
+        f"Recommendations for {record.market} {record.period} "
         f"({kpis['n_changes']} price changes; revenue {kpis['revenue_change_pct']:+.1f}%, "
         f"margin {kpis['margin_change_pct']:+.1f}%, volume {kpis['volume_change_pct']:+.1f}%)",
         "",

@@ -20,11 +20,14 @@ from typing import Any
 
 from toolkit import project
 from toolkit.data import storage
+from toolkit.runs.record import RecordInvalid, RunRecord, parse
 
 __all__ = [
     "ACTIVE",
     "HEARTBEAT_SECONDS",
+    "RecordUnreadable",
     "RunNotFound",
+    "RunRecord",
     "effective_status",
     "list_runs",
     "load",
@@ -43,6 +46,11 @@ FINAL = ("succeeded", "failed", "cancelled", "interrupted")
 
 class RunNotFound(LookupError):
     """No record for that run id under the storage root."""
+
+
+class RecordUnreadable(RunNotFound):
+    """The run's record.json is corrupt or does not match ``RunRecord`` (the message says
+    which run and what is wrong)."""
 
 
 def now() -> str:
@@ -77,18 +85,34 @@ def record_url(run_id: str, root: str | None = None) -> str:
     return run_url(run_id, "record.json", root=root)
 
 
-def save(record: dict[str, Any], root: str | None = None) -> None:
-    """Write the whole record in one atomic put."""
-    record["updated_at"] = now()
-    data = json.dumps(record, indent=2, default=str, allow_nan=False).encode()
-    storage.write_bytes(record_url(record["id"], root), data)
+def save(record: RunRecord, root: str | None = None) -> None:
+    """Write the whole record in one atomic put (``updated_at`` set to now)."""
+    record.updated_at = now()
+    data = json.dumps(record.to_json(), indent=2, allow_nan=False).encode()
+    storage.write_bytes(record_url(record.id, root), data)
 
 
-def load(run_id: str, root: str | None = None) -> dict[str, Any]:
-    """The record of ``run_id``, with ``status`` made effective (see ``effective_status``).
+def _decode(raw: bytes | None, run_id: str, root: str | None) -> RunRecord:
+    """The record in ``raw``, status made effective; ``RecordUnreadable`` naming the run."""
+    url = record_url(run_id, root)
+    try:
+        record = parse(json.loads(raw or b""), url)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RecordUnreadable(f"run record {url} is corrupt ({exc})") from None
+    except RecordInvalid as exc:
+        raise RecordUnreadable(str(exc)) from None
+    record.stored_status = record.status
+    record.status = effective_status(record)
+    return record
+
+
+def load(run_id: str, root: str | None = None) -> RunRecord:
+    """The record of ``run_id``, with ``status`` made effective (see ``effective_status``)
+    and the stored one in ``stored_status``.
 
     Raises:
-        RunNotFound: no such run, or its record is unreadable (the message says which).
+        RunNotFound: no such run.
+        RecordUnreadable: its record is corrupt or invalid (the message says what).
     """
     url = record_url(run_id, root)
     try:
@@ -96,21 +120,18 @@ def load(run_id: str, root: str | None = None) -> dict[str, Any]:
     except FileNotFoundError:
         raise RunNotFound(f"no run {run_id!r} under {runs_url(root)}") from None
     try:
-        record = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunNotFound(f"run record {url} is corrupt ({exc}); the run cannot be shown") from None
-    record["stored_status"] = record.get("status")
-    record["status"] = effective_status(record)
-    return record
+        return _decode(raw, run_id, root)
+    except RecordUnreadable as exc:
+        raise RecordUnreadable(f"{exc}; the run cannot be shown") from None
 
 
-def effective_status(record: dict[str, Any], at: dt.datetime | None = None) -> str:
+def effective_status(record: RunRecord, at: dt.datetime | None = None) -> str:
     """``interrupted`` for an active record whose heartbeat is late, else the stored status."""
-    status = record.get("status", "failed")
+    status = record.status
     if status not in ACTIVE:
         return status
-    beat = parse_time(record.get("heartbeat_at") or record.get("created_at"))
-    interval = float(record.get("heartbeat_seconds", HEARTBEAT_SECONDS))
+    beat = parse_time(record.heartbeat_at or record.created_at)
+    interval = float(record.heartbeat_seconds or HEARTBEAT_SECONDS)
     at = at or dt.datetime.now(dt.UTC)
     grace = STALE_AFTER_BEATS * interval + 2
     if status == "queued":  # the launched process may take a while to import and take over
@@ -120,8 +141,12 @@ def effective_status(record: dict[str, Any], at: dt.datetime | None = None) -> s
     return status
 
 
-def list_runs(root: str | None = None) -> list[dict[str, Any]]:
-    """Every readable run record, newest first. Listings are never cached."""
+def list_runs(root: str | None = None) -> list[RunRecord]:
+    """Every run record, newest first. Listings are never cached.
+
+    A record that cannot be read is listed as ``RunRecord.unreadable`` (status
+    ``unreadable``, the problem in ``error``), so one bad record never hides the others.
+    """
     base = runs_url(root)
     ids = storage.listdir(base)
     # One batched read: s3fs fetches the records concurrently.
@@ -130,23 +155,14 @@ def list_runs(root: str | None = None) -> list[dict[str, Any]]:
     blobs = fs.cat(list(paths), on_error="return") if paths else {}
     records = []
     for path, run_id in paths.items():
+        blob = blobs.get(path)
         try:
-            record = json.loads(blobs.get(path) or b"")
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
-            records.append(
-                {
-                    "id": run_id,
-                    "status": "unreadable",
-                    "error": f"run record {record_url(run_id, root)} is corrupt: {exc}",
-                }
-            )
-            continue
-        record["stored_status"] = record.get("status")
-        record["status"] = effective_status(record)
-        records.append(record)
-    return sorted(records, key=lambda r: r.get("created_at") or "", reverse=True)
+            if isinstance(blob, Exception):
+                raise RecordUnreadable(f"run record {record_url(run_id, root)}: {blob}")
+            records.append(_decode(blob, run_id, root))
+        except RecordUnreadable as exc:
+            records.append(RunRecord.unreadable(run_id, str(exc)))
+    return sorted(records, key=lambda r: r.created_at or "", reverse=True)
 
 
 def versions() -> dict[str, str]:
@@ -204,25 +220,25 @@ def launcher() -> str:
     return os.environ.get("TOOLKIT_LAUNCHER") or getpass.getuser()
 
 
-def duration_seconds(record: dict[str, Any]) -> float | None:
-    start = parse_time(record.get("started_at"))
-    end = parse_time(record.get("finished_at")) or parse_time(record.get("heartbeat_at"))
+def duration_seconds(record: RunRecord) -> float | None:
+    start = parse_time(record.started_at)
+    end = parse_time(record.finished_at) or parse_time(record.heartbeat_at)
     return round((end - start).total_seconds(), 1) if start and end else None
 
 
-def summary_row(record: dict[str, Any]) -> dict[str, Any]:
+def summary_row(record: RunRecord) -> dict[str, Any]:
     """The fields ``runs list`` shows and ``--json`` returns for each run."""
     return {
-        "id": record.get("id"),
-        "status": record.get("status"),
-        "market": record.get("market"),
-        "period": record.get("period"),
-        "category": record.get("category"),
-        "launcher": record.get("launcher"),
-        "started_at": record.get("started_at"),
+        "id": record.id,
+        "status": record.status,
+        "market": record.market or None,
+        "period": record.period or None,
+        "category": record.category,
+        "launcher": record.launcher,
+        "started_at": record.started_at,
         "duration_s": duration_seconds(record),
         "steps": {
-            name: {"status": step.get("status"), "reused": bool(step.get("reused"))}
-            for name, step in (record.get("steps") or {}).items()
+            name: {"status": step.status, "reused": step.reused}
+            for name, step in record.steps.items()
         },
     }

@@ -267,7 +267,7 @@ def test_inject_after_toolkit_run_fetches_from_the_run_cache(built, ran, tmp_pat
 
     project, build_dir = built["project"], tmp_path / "build"
     (record,) = runs.list_runs(root=str(ran))
-    published = record["steps"]["forecast"]["outputs"]
+    published = record.steps["forecast"].outputs
     assert published["data"].startswith(storage.join(str(ran), "cache", PREFIX, "forecast"))
 
     # In the copy's own interpreter, as a data scientist would run it there.
@@ -295,9 +295,9 @@ def test_dev_with_run_opens_the_step_as_that_run_had_it(built, ran, tmp_path):
     project, build_dir = built["project"], tmp_path / "build"
     (record,) = runs.list_runs(root=str(ran))
     env = environment(project, ran, build_dir)
-    out = run([BIN / "toolkit", "dev", "forecast", "--run", record["id"]], env, project).stdout
+    out = run([BIN / "toolkit", "dev", "forecast", "--run", record.id], env, project).stdout
     for upstream in ("load_transform", "identify_underperformers"):
-        assert record["steps"][upstream]["outputs"]["data"] in out
+        assert record.steps[upstream].outputs["data"] in out
     cell = (project / "notebooks" / "forecast.py").read_text()
     assert "injected-parameters" in cell and '"horizon": 12' in cell
     run([BIN / "toolkit", "dev", "forecast", "--remove"], env, project)

@@ -35,12 +35,12 @@ def record_of(root, run_id):
 
 
 def plan_of(record):
-    data = storage.read_bytes(record["steps"]["optimize"]["outputs"]["data"])
+    data = storage.read_bytes(record.steps["optimize"].outputs["data"])
     return pd.read_parquet(io.BytesIO(data))
 
 
 def export_of(record):
-    data = storage.read_bytes(record["steps"]["format_output"]["outputs"]["csv"])
+    data = storage.read_bytes(record.steps["format_output"].outputs["csv"])
     return pd.read_csv(io.BytesIO(data)).drop(columns="run_id")
 
 
@@ -262,11 +262,11 @@ def test_backfill_on_dask_runs_concurrently_and_equals_serial_runs(s3_env, dask_
     on_dask = runs_by_combination(root, manifest)
     assert sorted(on_dask) == sorted(COMBINATIONS)
     for record in on_dask.values():
-        assert record["status"] == "succeeded" and record["executor"] == "dask"
-        assert record["backfill"] == manifest["id"]
-        assert not any(step["reused"] for step in record["steps"].values())
+        assert record.status == "succeeded" and record.executor == "dask"
+        assert record.backfill == manifest["id"]
+        assert not any(step.reused for step in record.steps.values())
     # Concurrent, not one after another: some run started before another finished.
-    spans = sorted((r["started_at"], r["finished_at"]) for r in on_dask.values())
+    spans = sorted((r.started_at, r.finished_at) for r in on_dask.values())
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
 
     serial_root = new_bucket(s3_env, "backfill-serial")
@@ -275,7 +275,7 @@ def test_backfill_on_dask_runs_concurrently_and_equals_serial_runs(s3_env, dask_
     assert "4 runs: 4 succeeded" in out
     serial = runs_by_combination(serial_root, backfill_mod.load_manifest(root=serial_root))
     for combination, record in serial.items():
-        assert record["executor"] == "serial"
+        assert record.executor == "serial"
         twin = on_dask[combination]
         pd.testing.assert_frame_equal(plan_of(twin), plan_of(record), obj=str(combination))
         pd.testing.assert_frame_equal(export_of(twin), export_of(record), obj=str(combination))
@@ -311,9 +311,9 @@ def test_failed_runs_resume_where_they_stopped(dask_backfill):
     manifest = backfill_mod.load_manifest(root=root)
     before = runs_by_combination(root, manifest)
     for record in before.values():
-        assert record["stored_status"] == "failed"
-        assert record["steps"]["optimize"]["reused"]
-        assert "retried 0 times" in record["steps"]["format_output"]["error"]
+        assert record.stored_status == "failed"
+        assert record.steps["optimize"].reused
+        assert "retried 0 times" in record.steps["format_output"].error
 
     resumed = toolkit(["backfill", "--resume"], toolkit_env(root))
     assert "2 runs: 2 succeeded" in resumed.stdout
@@ -321,10 +321,10 @@ def test_failed_runs_resume_where_they_stopped(dask_backfill):
     after = backfill_mod.load_manifest(root=root)
     assert after["id"] == manifest["id"] and len(after["resumed"]) == 1
     for combination, record in runs_by_combination(root, after).items():
-        assert record["id"] == before[combination]["id"]  # resumed, not started again
-        assert record["status"] == "succeeded"
-        assert len(record["steps"]["format_output"]["attempts"]) == 2
-        assert record["config"]["output"]["retries"] == 4
+        assert record.id == before[combination].id  # resumed, not started again
+        assert record.status == "succeeded"
+        assert len(record.steps["format_output"].attempts) == 2
+        assert record.config["output"]["retries"] == 4
 
 
 def test_killed_launcher_resumes_its_run_and_starts_the_rest(dask_backfill):
@@ -338,7 +338,7 @@ def test_killed_launcher_resumes_its_run_and_starts_the_rest(dask_backfill):
     first, second = manifest["combinations"]
     assert first["run_id"] and first["status"] == "running"
     assert second["run_id"] is None and second["status"] == "pending"  # never started
-    wait_for(lambda: record_of(root, first["run_id"])["status"] == "interrupted", timeout=60)
+    wait_for(lambda: record_of(root, first["run_id"]).status == "interrupted", timeout=60)
 
     out = toolkit(["backfill", "--resume", "--id", manifest["id"]], toolkit_env(root)).stdout
     assert f"resuming run {first['run_id']} (interrupted)" in out
@@ -346,9 +346,9 @@ def test_killed_launcher_resumes_its_run_and_starts_the_rest(dask_backfill):
     after = backfill_mod.load_manifest(manifest["id"], root=root)
     assert after["combinations"][0]["run_id"] == first["run_id"]
     resumed = record_of(root, first["run_id"])
-    assert len(resumed["steps"]["format_output"]["attempts"]) == 2
+    assert len(resumed.steps["format_output"].attempts) == 2
     started = record_of(root, after["combinations"][1]["run_id"])
-    assert started["backfill"] == manifest["id"] and started["status"] == "succeeded"
+    assert started.backfill == manifest["id"] and started.status == "succeeded"
     assert json.dumps(after).count('"succeeded"') == 2
 
 
@@ -373,25 +373,25 @@ def test_cancel_one_run_of_a_dask_backfill_then_ctrl_c_the_rest(dask_backfill):
                 ids[line.split("]")[0].strip("[").split()[1]] = line.split()[-1]
 
         def forecasting(run_id):
-            step = record_of(root, run_id)["steps"].get("forecast", {})
-            return step.get("status") == "running"
+            step = record_of(root, run_id).steps.get("forecast")
+            return step is not None and step.status == "running"
 
         wait_for(lambda: all(forecasting(i) for i in ids.values()), timeout=300)
         cancelled, interrupted = ids["2026-10"], ids["2026-11"]
         # What `toolkit runs cancel` does, without its interpreter start: the forecast step
         # must still be running when the marker lands (test_runner covers the command).
         runner.cancel(cancelled)
-        wait_for(lambda: record_of(root, cancelled)["status"] == "cancelled", timeout=60)
-        assert record_of(root, interrupted)["status"] == "running"  # the other goes on
+        wait_for(lambda: record_of(root, cancelled).status == "cancelled", timeout=60)
+        assert record_of(root, interrupted).status == "running"  # the other goes on
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         out, _ = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 130
-    assert record_of(root, cancelled)["steps"]["forecast"]["status"] == "cancelled"
+    assert record_of(root, cancelled).steps["forecast"].status == "cancelled"
     stopped = record_of(root, interrupted)
-    assert stopped["status"] == "interrupted"
-    assert stopped["steps"]["forecast"]["status"] == "interrupted"
+    assert stopped.status == "interrupted"
+    assert stopped.steps["forecast"].status == "interrupted"
     manifest = backfill_mod.load_manifest(root=root)
     assert [c["status"] for c in manifest["combinations"]] == ["cancelled", "interrupted"]
     assert "2 runs: 1 cancelled, 1 interrupted" in out

@@ -18,7 +18,9 @@ from helpers import PROJECT_DIR, TOOLKIT, toolkit, toolkit_env
 from toolkit.data import storage
 from toolkit.pricing import demo_data
 from toolkit.runs import cache
+from toolkit.runs import record as record_mod
 from toolkit.runs import store as runs
+from toolkit.runs.record import RunRecord, StepRecord
 
 pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves these out
 
@@ -35,15 +37,13 @@ def run_id_from(output: str) -> str:
 def plan_of(record):
     import io
 
-    return pd.read_parquet(
-        io.BytesIO(storage.read_bytes(record["steps"]["optimize"]["outputs"]["data"]))
-    )
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(record.steps["optimize"].outputs["data"])))
 
 
 def export_of(record):
     import io
 
-    data = storage.read_bytes(record["steps"]["format_output"]["outputs"]["csv"])
+    data = storage.read_bytes(record.steps["format_output"].outputs["csv"])
     return pd.read_csv(io.BytesIO(data)).drop(columns="run_id")
 
 
@@ -88,14 +88,15 @@ def baseline(s3_env):
 def test_run_prints_id_progress_and_outputs_and_records_everything(baseline):
     root, run_id = baseline
     record = record_of(root, run_id)
-    assert record["status"] == "succeeded"
-    assert record["launcher"] and record["versions"]["ploomber"] == "0.23.3"
-    assert record["origins"]["optimize.weights.margin"] == "configs/defaults.yaml"
-    for name, step in record["steps"].items():
-        assert step["status"] == "succeeded", name
-        assert step["cache_key"] and step["outputs"]
-        assert all(url.startswith(root) for url in step["outputs"].values())
-    assert storage.exists(record["config_url"])
+    assert record.status == "succeeded"
+    assert record.schema_version == record_mod.SCHEMA_VERSION
+    assert record.launcher and record.versions["ploomber"] == "0.23.3"
+    assert record.origins["optimize.weights.margin"] == "configs/defaults.yaml"
+    for name, step in record.steps.items():
+        assert step.status == "succeeded", name
+        assert step.cache_key and step.outputs
+        assert all(url.startswith(root) for url in step.outputs.values())
+    assert storage.exists(record.config_url)
 
 
 def test_weight_change_reexecutes_only_the_last_steps(baseline):
@@ -104,10 +105,10 @@ def test_weight_change_reexecutes_only_the_last_steps(baseline):
     out = toolkit(["run", "--patch", "optimize.weights.margin=0.9"], env).stdout
     second = run_id_from(out)
     record = record_of(root, second)
-    reused = {name for name, step in record["steps"].items() if step["reused"]}
+    reused = {name for name, step in record.steps.items() if step.reused}
     assert reused == {"load_transform", "identify_underperformers", "forecast"}
-    assert record["steps"]["load_transform"]["reused_from"] == first
-    assert not record["steps"]["optimize"]["reused"]
+    assert record.steps["load_transform"].reused_from == first
+    assert not record.steps["optimize"].reused
 
     listed = json.loads(toolkit(["runs", "list", "--json"], env).stdout)
     row = next(r for r in listed if r["id"] == second)
@@ -146,7 +147,7 @@ def test_concurrent_runs_equal_serial_runs(s3_env):
         ids.append(run_id_from(out))
     serial = run_id_from(toolkit(["run", "--force"], env).stdout)
     records = [record_of(root, i) for i in ids + [serial]]
-    assert all(r["status"] == "succeeded" for r in records)
+    assert all(r.status == "succeeded" for r in records)
     for record in records[1:]:
         pd.testing.assert_frame_equal(plan_of(records[0]), plan_of(record))
         pd.testing.assert_frame_equal(export_of(records[0]), export_of(record))
@@ -172,11 +173,11 @@ def test_a_reused_kernel_gives_what_fresh_kernels_give_and_outlives_no_run(s3_en
         toolkit(["run", "--force", "--patch", "execution.kernel=fresh"], env).stdout
     )
     reused, fresh = record_of(root, reused_run), record_of(root, fresh_run)
-    assert reused["config"]["execution"]["kernel"] == "reuse"
+    assert reused.config["execution"]["kernel"] == "reuse"
     pd.testing.assert_frame_equal(plan_of(reused), plan_of(fresh))
     pd.testing.assert_frame_equal(export_of(reused), export_of(fresh))
-    for name, step in reused["steps"].items():
-        cells = json.loads(storage.read_bytes(step["outputs"]["nb"]))["cells"]
+    for name, step in reused.steps.items():
+        cells = json.loads(storage.read_bytes(step.outputs["nb"]))["cells"]
         counts = [c["execution_count"] for c in cells if c["cell_type"] == "code"]
         assert counts == list(range(1, len(counts) + 1)), f"{name} did not start afresh"
 
@@ -194,10 +195,10 @@ def test_a_reused_kernel_gives_what_fresh_kernels_give_and_outlives_no_run(s3_en
 def test_reader_sees_a_run_finished_by_another_process(baseline):
     root, _ = baseline
     os.environ["TOOLKIT_ROOT"] = root
-    before = {r["id"] for r in runs.list_runs(root)}  # a long-lived reader lists first
+    before = {r.id for r in runs.list_runs(root)}  # a long-lived reader lists first
     new = run_id_from(toolkit(["run"], toolkit_env(root)).stdout)  # fully cached
-    after = {r["id"]: r for r in runs.list_runs(root)}
-    assert new not in before and after[new]["status"] == "succeeded"
+    after = {r.id: r for r in runs.list_runs(root)}
+    assert new not in before and after[new].status == "succeeded"
 
 
 def test_a_fully_cached_run_imports_neither_ploomber_nor_pandas(baseline):
@@ -261,16 +262,20 @@ def test_the_summary_prints_the_plan_as_pandas_would(tmp_path, local_root):
         urls["kpis"],
         json.dumps(kpis | {"margin_change_pct": 2.0, "volume_change_pct": 3.0}).encode(),
     )
-    record = {
-        "id": "r",
-        "status": "succeeded",
-        "market": "US",
-        "period": "2026-11",
-        "steps": {
-            "optimize": {"outputs": {"data": urls["plan"], "kpis": urls["kpis"]}},
-            "forecast": {"outputs": {"accuracy": urls["accuracy"]}},
+    record = RunRecord(
+        id="r",
+        status="succeeded",
+        market="US",
+        period="2026-11",
+        root=str(local_root),
+        created_at="2026-11-29T00:45:12+00:00",
+        steps={
+            "optimize": StepRecord(
+                status="succeeded", outputs={"data": urls["plan"], "kpis": urls["kpis"]}
+            ),
+            "forecast": StepRecord(status="succeeded", outputs={"accuracy": urls["accuracy"]}),
         },
-    }
+    )
 
     text = runner.summary(record)
 
@@ -299,15 +304,15 @@ def test_corrupt_manifest_reruns_the_step_and_corrupt_record_is_reported(baselin
     root, run_id = baseline
     os.environ["TOOLKIT_ROOT"] = root
     record = record_of(root, run_id)
-    step_url = record["steps"]["identify_underperformers"]["url"]
+    step_url = record.steps["identify_underperformers"].url
     storage.write_bytes(storage.join(step_url, cache.MANIFEST), b'{"step": "identify_und')
     env = toolkit_env(root)
     out = toolkit(["run"], env).stdout
     rerun = record_of(root, run_id_from(out))
     assert "ignored corrupt cache manifest" in out
-    assert rerun["steps"]["identify_underperformers"]["reused"] is False
-    assert rerun["steps"]["load_transform"]["reused"] is True
-    assert rerun["status"] == "succeeded"
+    assert rerun.steps["identify_underperformers"].reused is False
+    assert rerun.steps["load_transform"].reused is True
+    assert rerun.status == "succeeded"
 
     storage.write_bytes(runs.record_url(run_id, root), b'{"id": "trunc')
     shown = toolkit(["runs", "show", run_id], env, check=False)
@@ -357,11 +362,11 @@ def wait_for(predicate, timeout=300, every=0.5):
 
 
 def resume_and_check(root, run_id, env):
-    wait_for(lambda: record_of(root, run_id)["status"] == "interrupted", timeout=60)
+    wait_for(lambda: record_of(root, run_id).status == "interrupted", timeout=60)
     toolkit(["resume", run_id], env)
     record = record_of(root, run_id)
-    assert record["status"] == "succeeded"
-    assert all(s["status"] in ("succeeded", "reused") for s in record["steps"].values())
+    assert record.status == "succeeded"
+    assert all(s.status in ("succeeded", "reused") for s in record.steps.values())
     return record
 
 
@@ -383,15 +388,15 @@ def test_sigkill_mid_step_then_resume(local_store, tmp_path):
     run_id = run_id_from(proc.stdout.readline() + "\n")
 
     def in_forecast_notebook():
-        return list(workspaces.glob("toolkit-forecast-*/**/forecast.ipynb"))
+        return list(workspaces.glob("toolkit-*/**/forecast.ipynb"))
 
     wait_for(in_forecast_notebook, every=0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel, like a lost machine
     proc.wait()
-    assert record_of(local_store, run_id)["stored_status"] == "running"
+    assert record_of(local_store, run_id).stored_status == "running"
     record = resume_and_check(local_store, run_id, env)
-    assert len(record["steps"]["forecast"]["attempts"]) == 2
-    assert len(record["steps"]["load_transform"].get("attempts", [])) <= 1
+    assert len(record.steps["forecast"].attempts) == 2
+    assert len(record.steps["load_transform"].attempts) <= 1
 
 
 @pytest.mark.parametrize(
@@ -402,7 +407,7 @@ def test_crash_around_publishing_then_resume(local_store, point, horizon, attemp
     result = toolkit(["run", "--patch", f"forecast.horizon={horizon}"], env, check=False)
     assert result.returncode == -signal.SIGKILL
     run_id = run_id_from(result.stdout)
-    key = record_of(local_store, run_id)["steps"]["forecast"]["cache_key"]
+    key = record_of(local_store, run_id).steps["forecast"].cache_key
     identity = {"market": "US", "period": "2026-11", "category": None}
     published = cache.lookup(local_store, identity, "forecast", key)
     # Data without its manifest is invisible; after the manifest it is visible.
@@ -410,10 +415,10 @@ def test_crash_around_publishing_then_resume(local_store, point, horizon, attemp
 
     env.pop("TOOLKIT_CRASH_AT")
     record = resume_and_check(local_store, run_id, env)
-    forecast = record["steps"]["forecast"]
-    assert len(forecast["attempts"]) == attempts  # after publishing, nothing is redone
+    forecast = record.steps["forecast"]
+    assert len(forecast.attempts) == attempts  # after publishing, nothing is redone
     visible = cache.lookup(local_store, identity, "forecast", key)
-    assert visible["url"] == forecast["url"]
+    assert visible["url"] == forecast.url
 
 
 @pytest.fixture(scope="module")
@@ -457,25 +462,31 @@ def test_failing_step_keeps_its_notebook_and_publishes_nothing(
     result = toolkit(args, env, check=False, cwd=faulty_project)
     assert result.returncode == 1, result.stderr[-2000:]
     record = record_of(local_store, run_id_from(result.stdout))
-    optimize = record["steps"]["optimize"]
-    assert record["status"] == "failed" and optimize["status"] == "failed"
-    assert message.lower() in optimize["error"].lower()
-    assert "format_output" not in record["steps"]
+    optimize = record.steps["optimize"]
+    assert record.status == "failed" and optimize.status == "failed"
+    assert message.lower() in optimize.error.lower()
+    assert "format_output" not in record.steps
     identity = {"market": "US", "period": "2026-11", "category": None}
-    assert cache.lookup(local_store, identity, "optimize", optimize["cache_key"]) is None
-    assert storage.exists(optimize["debug"]["notebook"])
+    assert cache.lookup(local_store, identity, "optimize", optimize.cache_key) is None
+    assert storage.exists(optimize.debug["notebook"])
 
 
 def test_effective_status_turns_interrupted_without_heartbeat():
     now = dt.datetime.now(dt.UTC)
-    record = {
-        "status": "running",
-        "heartbeat_seconds": 5,
-        "heartbeat_at": (now - dt.timedelta(seconds=10)).isoformat(),
-    }
+    record = RunRecord(
+        id="r",
+        status="running",
+        market="US",
+        period="2026-11",
+        root="/tmp/store",
+        created_at=(now - dt.timedelta(minutes=1)).isoformat(),
+        heartbeat_seconds=5,
+        heartbeat_at=(now - dt.timedelta(seconds=10)).isoformat(),
+    )
     assert runs.effective_status(record, at=now) == "running"
     assert runs.effective_status(record, at=now + dt.timedelta(seconds=30)) == "interrupted"
-    assert runs.effective_status({**record, "status": "succeeded"}, at=now) == "succeeded"
+    finished = record.model_copy(update={"status": "succeeded"})
+    assert runs.effective_status(finished, at=now) == "succeeded"
 
 
 def test_cancel_stops_a_running_run(local_store):
@@ -492,13 +503,14 @@ def test_cancel_stops_a_running_run(local_store):
     run_id = run_id_from(proc.stdout.readline() + "\n")
     wait_for(
         lambda: (
-            record_of(local_store, run_id)["steps"].get("forecast", {}).get("status") == "running"
+            getattr(record_of(local_store, run_id).steps.get("forecast"), "status", None)
+            == "running"
         )
     )
     toolkit(["runs", "cancel", run_id], env)
     assert proc.wait(timeout=120) == 1
     record = record_of(local_store, run_id)
-    assert record["status"] == "cancelled"
+    assert record.status == "cancelled"
     # The cancel lands inside forecast, or just after it finished; nothing runs after it.
-    assert record["steps"]["forecast"]["status"] in ("cancelled", "succeeded")
-    assert "optimize" not in record["steps"]
+    assert record.steps["forecast"].status in ("cancelled", "succeeded")
+    assert "optimize" not in record.steps

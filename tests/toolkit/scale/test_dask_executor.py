@@ -35,12 +35,12 @@ def run_id_from(output: str) -> str:
 
 
 def plan_of(record):
-    data = storage.read_bytes(record["steps"]["optimize"]["outputs"]["data"])
+    data = storage.read_bytes(record.steps["optimize"].outputs["data"])
     return pd.read_parquet(io.BytesIO(data))
 
 
 def export_of(record):
-    data = storage.read_bytes(record["steps"]["format_output"]["outputs"]["csv"])
+    data = storage.read_bytes(record.steps["format_output"].outputs["csv"])
     return pd.read_csv(io.BytesIO(data)).drop(columns="run_id")
 
 
@@ -289,17 +289,17 @@ def test_run_on_dask_equals_serial_run(dask_bucket):
     env = toolkit_env(root)
     out = toolkit(["run", "--executor", "dask", "--workers", "2"], env).stdout
     on_dask = record_of(root, run_id_from(out))
-    assert on_dask["status"] == "succeeded" and on_dask["executor"] == "dask"
-    assert all(step["status"] == "succeeded" for step in on_dask["steps"].values())
-    assert all(step["outputs"] for step in on_dask["steps"].values())
+    assert on_dask.status == "succeeded" and on_dask.executor == "dask"
+    assert all(step.status == "succeeded" for step in on_dask.steps.values())
+    assert all(step.outputs for step in on_dask.steps.values())
 
     serial = record_of(root, run_id_from(toolkit(["run", "--force"], env).stdout))
-    assert serial["status"] == "succeeded" and serial["executor"] == "serial"
-    assert not any(step["reused"] for step in serial["steps"].values())
+    assert serial.status == "succeeded" and serial.executor == "serial"
+    assert not any(step.reused for step in serial.steps.values())
     pd.testing.assert_frame_equal(plan_of(on_dask), plan_of(serial))
     pd.testing.assert_frame_equal(export_of(on_dask), export_of(serial))
-    for name, step in on_dask["steps"].items():
-        assert step["cache_key"] == serial["steps"][name]["cache_key"], name
+    for name, step in on_dask.steps.items():
+        assert step.cache_key == serial.steps[name].cache_key, name
 
 
 def test_worker_lost_during_a_run_fails_it_with_a_readable_error(dask_bucket):
@@ -313,12 +313,12 @@ def test_worker_lost_during_a_run_fails_it_with_a_readable_error(dask_bucket):
     assert result.returncode == 1, result.stderr[-3000:]
     assert "worker lost while running step load_transform" in result.stderr
     record = record_of(root, run_id_from(result.stdout))
-    assert record["stored_status"] == "failed" and record["status"] == "failed"
-    step = record["steps"]["load_transform"]
-    assert step["status"] == "failed"
-    assert "KilledWorker" in step["error"] and "retried 0 times" in step["error"]
-    assert list(record["steps"]) == ["load_transform"]  # nothing ran after it
+    assert record.stored_status == "failed" and record.status == "failed"
+    step = record.steps["load_transform"]
+    assert step.status == "failed"
+    assert "KilledWorker" in step.error and "retried 0 times" in step.error
+    assert list(record.steps) == ["load_transform"]  # nothing ran after it
     identity = {"market": "US", "period": "2026-11", "category": None}
-    assert cache.lookup(root, identity, "load_transform", step["cache_key"]) is None
-    events = json.dumps(record["events"])
+    assert cache.lookup(root, identity, "load_transform", step.cache_key) is None
+    events = json.dumps(record.to_json()["events"])
     assert "load_transform: failed: StepLost: worker lost" in events

@@ -1,0 +1,187 @@
+"""The run record as a typed model: what ``runs/<id>/record.json`` holds, for every reader.
+
+``RunRecord`` is read and written by ``runs.store`` (``save``, ``load``, ``list_runs``); the
+run loop, backfills, reports, the CLI and the app read its attributes. The stored JSON
+keeps the keys the untyped record had, plus ``schema_version``:
+
+* version 1: records written before this model (no ``schema_version`` key); same shape.
+* version 2: ``schema_version`` written; every field below.
+
+A stored record without ``schema_version`` is read as version 1 (``parse``/``migrate``:
+nothing to convert so far); a new record is the current version, and ``save`` always
+writes the current version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "RecordInvalid",
+    "RunEvent",
+    "RunInputs",
+    "RunRecord",
+    "RunStatus",
+    "StepRecord",
+    "StepStatus",
+    "describe_errors",
+    "migrate",
+    "parse",
+]
+
+SCHEMA_VERSION = 2
+
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+StepStatus = Literal["running", "succeeded", "reused", "failed", "cancelled", "interrupted"]
+
+
+def _iso_time(value: str) -> str:
+    dt.datetime.fromisoformat(value)  # raises ValueError with a readable message
+    return value
+
+
+# Kept as the ISO text the record has always stored (readers slice and parse it), but checked.
+Timestamp = Annotated[str, AfterValidator(_iso_time)]
+
+
+class _Model(BaseModel):
+    # extra="allow": a record written by a newer toolkit loads, and its unknown fields
+    # survive when this version rewrites the record (resume, a beat, the app's launcher)
+    # instead of being dropped ("ignore" would lose them on the next save).
+    # validate_assignment: the run loop updates a record field by field; a wrong value
+    # fails where it is set, not in a reader later.
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+
+class RunEvent(_Model):
+    """One line of a run's log."""
+
+    at: Timestamp = Field(description="When (UTC, ISO 8601).")
+    message: str = Field(description="What happened, as printed to the launcher.")
+
+
+class RunInputs(_Model):
+    """What the launcher passed: config layers by URL and patches, in order."""
+
+    configs: list[str] = Field(default_factory=list, description="--config URLs.")
+    patches: list[str] = Field(default_factory=list, description="--patch KEY=VALUE.")
+
+
+class StepRecord(_Model):
+    """One step of a run: its state, cache key and outputs, or its failure."""
+
+    status: StepStatus = Field(description="The step's state; reused: outputs of another run.")
+    cache_key: str | None = Field(None, description="Content key of the step's outputs.")
+    reused: bool = Field(False, description="Outputs published by another run.")
+    reused_from: str | None = Field(None, description="The run that published them.")
+    outputs: dict[str, str] = Field(default_factory=dict, description="Product -> URL.")
+    url: str | None = Field(None, description="The published attempt's folder.")
+    error: str | None = Field(None, description="Why the step failed.")
+    report: list[dict[str, Any]] = Field(
+        default_factory=list, description="Contract reports of a failure (ValidationReport)."
+    )
+    debug: dict[str, Any] = Field(
+        default_factory=dict, description="URLs kept of a failure: notebook, reports."
+    )
+    traceback: str | None = Field(None, description="The failure's traceback (shortened).")
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+    duration_s: float | None = Field(None, description="Execution time; 0 when reused.")
+    attempts: list[str] = Field(default_factory=list, description="Attempt ids, oldest first.")
+
+
+class RunRecord(_Model):
+    """A run: identity, launcher, frozen config with origins, steps, timing, final status.
+
+    ``status`` is as stored, except in a record from ``store.load``/``list_runs``: there it
+    is effective (a late heartbeat reads ``interrupted``) and ``stored_status`` holds the
+    stored one (never written back).
+    """
+
+    schema_version: int = Field(SCHEMA_VERSION, description="Shape of the record; 1: no key.")
+    id: str = Field(description="Run id, also the folder under runs/.")
+    status: RunStatus
+    market: str
+    period: str
+    category: str | None = Field(None, description="None: all categories.")
+    launcher: str | None = Field(None, description="Who launched (TOOLKIT_LAUNCHER or user).")
+    host: str | None = Field(None, description="Machine of the run process.")
+    launched_from: str | None = Field(None, description="'app' when the app queued it.")
+    backfill: str | None = Field(None, description="The backfill that started the run.")
+    created_at: Timestamp
+    updated_at: Timestamp | None = Field(None, description="Last save.")
+    heartbeat_at: Timestamp | None = None
+    heartbeat_seconds: float | None = Field(None, gt=0, description="Beat interval.")
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+    resumed: list[Timestamp] = Field(default_factory=list, description="Each resume's time.")
+    pid: int | None = Field(None, description="The run process.")
+    root: str = Field(description="Storage root the run wrote under.")
+    inputs: RunInputs = Field(default_factory=RunInputs)
+    config: dict[str, Any] = Field(default_factory=dict, description="Effective config.")
+    origins: dict[str, str] = Field(default_factory=dict, description="Config key -> layer.")
+    config_url: str | None = Field(None, description="The frozen config.yaml.")
+    executor: str = Field("serial", description="serial or dask.")
+    force: bool = Field(False, description="Every step re-executed, cache ignored.")
+    versions: dict[str, str] = Field(default_factory=dict, description="Package versions.")
+    git_commit: str | None = Field(None, description="Project commit, '-dirty' if edited.")
+    steps: dict[str, StepRecord] = Field(default_factory=dict, description="In run order.")
+    events: list[RunEvent] = Field(default_factory=list)
+    error: str | None = Field(None, description="Why the run did not succeed.")
+    stored_status: RunStatus | None = Field(
+        None, exclude=True, description="Status as stored, when status is effective."
+    )
+
+    @classmethod
+    def unreadable(cls, run_id: str, error: str) -> RunRecord:
+        """A listing's stand-in for a record that cannot be read: status ``unreadable``."""
+        return cls.model_construct(
+            id=run_id,
+            status="unreadable",
+            market="",
+            period="",
+            created_at="",
+            root="",
+            error=error,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as stored: plain JSON types, the current ``schema_version``."""
+        return {**self.model_dump(mode="json"), "schema_version": SCHEMA_VERSION}
+
+
+class RecordInvalid(ValueError):
+    """A stored record that is not valid JSON or does not match ``RunRecord``."""
+
+
+def describe_errors(exc: ValidationError, limit: int = 5) -> str:
+    """Pydantic's errors as ``field: problem (got value)``, a few, on one line."""
+    parts = []
+    for error in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in error["loc"]) or "record"
+        got = "" if error["type"] == "missing" else f" (got {error.get('input')!r:.60})"
+        parts.append(f"{where}: {error['msg']}{got}")
+    more = len(exc.errors()) - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored record brought to the current shape (its ``schema_version`` kept)."""
+    if "schema_version" not in data:
+        # Version 1, written before the model: the same keys, nothing to convert.
+        data = {**data, "schema_version": 1}
+    return data
+
+
+def parse(data: Any, where: str) -> RunRecord:
+    """A ``RunRecord`` from a stored record's JSON; ``RecordInvalid`` naming ``where``."""
+    if not isinstance(data, dict):
+        raise RecordInvalid(f"run record {where} is not a JSON object")
+    try:
+        return RunRecord.model_validate(migrate(data))
+    except ValidationError as exc:
+        raise RecordInvalid(f"run record {where} is invalid: {describe_errors(exc)}") from None
