@@ -35,7 +35,7 @@ demo: install ## Write the synthetic demo data, run the pipeline for the default
 	$(VENV)/bin/toolkit run
 
 app: install ## Serve the app on http://127.0.0.1:8501 (writes demo data if the store has none)
-	@if [ -z "$$(cd app && ../$(PY) -c 'from logic import app_api; from toolkit.data import storage; print(*app_api.markets_with_data(storage.root()))')" ]; then \
+	@if [ -z "$$(cd app && ../$(PY) -c 'from logic import page_data; from toolkit.data import storage; print(*page_data.markets_with_data(storage.root()))')" ]; then \
 	  echo "The store has no sales data yet: writing the SYNTHETIC demo data."; \
 	  $(VENV)/bin/toolkit demo-data; \
 	fi

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-from logic import access, app_api, browse, forms, launch
+from logic import access, browse, forms, launch, page_data
 
 from toolkit import config as config_mod
 from toolkit.data import storage
@@ -196,17 +196,17 @@ def md(text: Any) -> str:
 
 @st.cache_data(ttl=OUTPUT_TTL, max_entries=64, show_spinner=False)
 def table(root: str, url: str, contract: str) -> pd.DataFrame:
-    return app_api.read_table(root, url, contract)
+    return page_data.read_table(root, url, contract)
 
 
 @st.cache_data(ttl=OUTPUT_TTL, max_entries=64, show_spinner=False)
 def json_output(root: str, url: str) -> Any:
-    return app_api.read_json(root, url)
+    return page_data.read_json(root, url)
 
 
 @st.cache_data(ttl=OUTPUT_TTL, max_entries=32, show_spinner=False)
 def notebook_text(root: str, url: str) -> str:
-    return app_api.notebook_text(root, url)
+    return page_data.notebook_text(root, url)
 
 
 @st.cache_data(ttl=OUTPUT_TTL, max_entries=16, show_spinner=False)
@@ -216,7 +216,7 @@ def file_bytes(root: str, url: str) -> bytes:
 
 @st.cache_data(ttl=60, max_entries=32, show_spinner=False)
 def _categories(root: str, market: str, fingerprint: str) -> list[str]:
-    return app_api.raw_categories(root, market)
+    return page_data.raw_categories(root, market)
 
 
 def categories(root: str, market: str) -> list[str]:
@@ -232,7 +232,7 @@ def categories(root: str, market: str) -> list[str]:
 
 
 def optional_table(root: str, record: RunRecord, step: str, product: str, contract: str):
-    url = app_api.output_url(record, step, product)
+    url = page_data.output_url(record, step, product)
     if not url:
         return None
     try:
@@ -257,13 +257,13 @@ def load_run(run_id: str) -> RunRecord | None:
 
 def status_badge(status: str | None) -> None:
     status = status or "unreadable"
-    color, icon = app_api.STATUS_BADGES.get(status, ("gray", ":material/help:"))
-    st.badge(md(app_api.STATUS_TEXT.get(status, status.capitalize())), icon=icon, color=color)
+    color, icon = page_data.STATUS_BADGES.get(status, ("gray", ":material/help:"))
+    st.badge(md(page_data.STATUS_TEXT.get(status, status.capitalize())), icon=icon, color=color)
 
 
 def styled_status(frame: pd.DataFrame, status_column: str = "status"):
     """``frame`` with its Status cell coloured by status (the raw column stays hidden)."""
-    colors = frame[status_column].map(app_api.STATUS_COLORS).fillna("")
+    colors = frame[status_column].map(page_data.STATUS_COLORS).fillna("")
 
     def paint(column: pd.Series) -> list[str]:
         if column.name != "Status":
@@ -275,13 +275,13 @@ def styled_status(frame: pd.DataFrame, status_column: str = "status"):
 
 def steps_table(record: RunRecord) -> list[dict]:
     """One line per pipeline step: a status badge, the step, its time and what happened."""
-    rows = app_api.step_rows(record)
+    rows = page_data.step_rows(record)
     done = sum(1 for r in rows if r["status"] in ("succeeded", "reused"))
     reused = sum(1 for r in rows if r["status"] == "reused")
     text = f"{done} of {len(rows)} steps done"
     if reused:
         text += f" ({reused} reused from earlier runs)"
-    st.progress(app_api.progress_fraction(rows), text=text)
+    st.progress(page_data.progress_fraction(rows), text=text)
     for row in rows:
         badge, name, took, detail = st.columns([1.7, 2.2, 0.9, 4.2], vertical_alignment="center")
         with badge:
@@ -294,8 +294,8 @@ def steps_table(record: RunRecord) -> list[dict]:
 
 def status_line(record: RunRecord, tz: str | None) -> None:
     status = record.status
-    started = app_api.format_time(record.started_at or record.created_at, tz)
-    elapsed = app_api.format_duration(app_api._elapsed(record))
+    started = page_data.format_time(record.started_at or record.created_at, tz)
+    elapsed = page_data.format_duration(page_data._elapsed(record))
     parts = []
     if started:
         parts.append(f"started {started}")
@@ -314,7 +314,7 @@ def progress_panel(run_id: str, ctx: Session, *, show_log: bool = True, key: str
     first = load_run(run_id)
     if first is None:
         return
-    was_active = app_api.is_active(first)
+    was_active = page_data.is_active(first)
 
     def body() -> None:
         record = load_run(run_id)
@@ -324,7 +324,7 @@ def progress_panel(run_id: str, ctx: Session, *, show_log: bool = True, key: str
         steps_table(record)
         if record.status == "failed" and record.error:
             st.error(md(f"The run failed: {record.error}"), icon=":material/error:")
-        can_cancel = app_api.is_active(record) and ctx.decision.allowed
+        can_cancel = page_data.is_active(record) and ctx.decision.allowed
         if can_cancel and st.button(
             "Cancel this run", key=f"cancel-{key}-{run_id}", icon=":material/cancel:"
         ):
@@ -340,7 +340,7 @@ def progress_panel(run_id: str, ctx: Session, *, show_log: bool = True, key: str
                 if output:
                     st.caption("Output of the run's process")
                     st.code(output[-8000:], language=None)
-        if was_active and not app_api.is_active(record):
+        if was_active and not page_data.is_active(record):
             st.rerun()  # the run ended: refresh the whole page (results, buttons)
 
     st.fragment(run_every=POLL_SECONDS if was_active else None)(body)()

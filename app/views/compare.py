@@ -6,7 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 import ui
-from logic import app_api, browse
+from logic import browse, page_data
 
 from toolkit.runs import store as runs
 
@@ -24,7 +24,7 @@ if len(records) < 2:
     st.info("Comparing needs at least two runs.", icon=":material/info:")
     st.stop()
 ids = [r.id for r in records]
-labels = {r.id: app_api.run_label(r, tz) for r in records}
+labels = {r.id: page_data.run_label(r, tz) for r in records}
 
 if "compare.runs" not in st.session_state:
     requested = [i for i in (st.query_params.get("runs") or "").split(",") if i in ids]
@@ -47,7 +47,7 @@ if len(chosen) < 2:
 loaded = [r for r in (ui.load_run(i) for i in chosen) if r is not None]
 kpis = []
 for record in loaded:
-    url = app_api.output_url(record, "optimize", "kpis")
+    url = page_data.output_url(record, "optimize", "kpis")
     try:
         kpis.append(ui.json_output(ctx.root, url) if url else None)
     except (FileNotFoundError, browse.OutsideRoot, ValueError, OSError):
@@ -91,7 +91,7 @@ for index, (record, kpi) in enumerate(zip(loaded, kpis, strict=True)):
 
 # --- KPI deltas --------------------------------------------------------------------------
 st.subheader("KPIs and their change against the baseline", divider="gray", anchor=False)
-kpi_table = app_api.compare_kpis(loaded, kpis)
+kpi_table = page_data.compare_kpis(loaded, kpis)
 if kpi_table.empty:
     st.info("None of these runs has KPIs yet.", icon=":material/info:")
 else:
@@ -106,7 +106,7 @@ else:
         },
     )
     pct = [
-        {"run": app_api.short_name(r), "KPI": label, "change": (k or {}).get(key)}
+        {"run": page_data.short_name(r), "KPI": label, "change": (k or {}).get(key)}
         for r, k in zip(loaded, kpis, strict=True)
         for key, label in (
             ("revenue_change_pct", "Revenue %"),
@@ -116,7 +116,7 @@ else:
         if (k or {}).get(key) is not None
     ]
     if pct:
-        order = [app_api.short_name(r) for r in loaded]
+        order = [page_data.short_name(r) for r in loaded]
         chart = (
             alt.Chart(pd.DataFrame(pct))
             .mark_bar()
@@ -138,7 +138,7 @@ else:
 
 # --- Parameter differences ---------------------------------------------------------------
 st.subheader("Settings that differ", divider="gray", anchor=False)
-params = app_api.compare_params(loaded)
+params = page_data.compare_params(loaded)
 if params.empty:
     st.success("These runs used the same settings.", icon=":material/check_circle:")
 else:

@@ -7,7 +7,7 @@ import contextlib
 import pandas as pd
 import streamlit as st
 import ui
-from logic import access, app_api, forms, launch
+from logic import access, forms, launch, page_data
 
 from toolkit import config as config_mod
 
@@ -47,7 +47,7 @@ if source_run:
     record = ui.load_run(source_run)
     del st.query_params["from_run"]
     if record is not None:
-        _seed(*app_api.rerun_seed(record))
+        _seed(*page_data.rerun_seed(record))
         st.session_state["launch.seeded_from"] = source_run
 elif "launch.country" not in st.session_state and SAVED in st.session_state:
     saved = st.session_state[SAVED]
@@ -104,7 +104,7 @@ if last:
 # --- What to run -------------------------------------------------------------------------
 with st.container(border=True):
     st.subheader("What to run", divider="gray", anchor=False)
-    with_data = set(app_api.markets_with_data(ctx.root))
+    with_data = set(page_data.markets_with_data(ctx.root))
     markets = forms.market_options()
     current_period = st.session_state.get("launch.period")
     periods = forms.period_options(extra=[current_period] if current_period else [])

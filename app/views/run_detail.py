@@ -6,7 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 import ui
-from logic import app_api, browse, forms
+from logic import browse, forms, page_data
 
 from toolkit.runs import store as runs
 
@@ -21,7 +21,7 @@ if not records:
     st.info("No runs yet. Start one on the Launch page.", icon=":material/info:")
     st.stop()
 ids = [r.id for r in records]
-labels = {r.id: app_api.run_label(r, tz) for r in records}
+labels = {r.id: page_data.run_label(r, tz) for r in records}
 wanted = st.query_params.get("run")
 if wanted not in ids:
     wanted = next((r.id for r in records if r.status == "succeeded"), ids[0])
@@ -55,7 +55,7 @@ if status in runs.ACTIVE:
     st.stop()
 
 # --- Why it failed -----------------------------------------------------------------------
-for failure in app_api.failures(record):
+for failure in page_data.failures(record):
     with st.container(border=True):
         st.error(
             ui.md(
@@ -79,14 +79,14 @@ if status != "succeeded" and not record.steps:
 # --- Headline numbers --------------------------------------------------------------------
 root = ctx.root
 catalog = ui.optional_table(root, record, "load_transform", "catalog", "Catalog")
-kpi_url = app_api.output_url(record, "optimize", "kpis")
+kpi_url = page_data.output_url(record, "optimize", "kpis")
 kpis = None
 if kpi_url:
     try:
         kpis = ui.json_output(root, kpi_url)
     except (FileNotFoundError, browse.OutsideRoot, ValueError, OSError) as exc:
         st.warning(ui.md(f"Could not read the KPIs: {exc}"), icon=":material/warning:")
-cards = app_api.kpi_cards(kpis, app_api.currency_of(catalog))
+cards = page_data.kpi_cards(kpis, page_data.currency_of(catalog))
 if cards:
     for card, column in zip(cards, st.columns(len(cards)), strict=True):
         column.metric(
@@ -118,7 +118,7 @@ with tab_recs:
             "Categories", sorted(plan["category"].astype(str).unique()), key="detail.categories"
         )
         needle = cols[2].text_input("Find a product", placeholder="id or name", key="detail.find")
-        table = app_api.recommendations(plan, catalog, only_changes)
+        table = page_data.recommendations(plan, catalog, only_changes)
         if chosen:
             table = table[table["Category"].isin(chosen)]
         if needle.strip():
@@ -126,7 +126,7 @@ with tab_recs:
                 "Name"
             ].str.contains(needle.strip(), case=False, regex=False)
             table = table[mask]
-        currency = app_api.currency_of(catalog) or "market currency"
+        currency = page_data.currency_of(catalog) or "market currency"
         st.caption(
             ui.md(
                 f"{len(table)} products. Click a column header to sort. Prices in {currency}; "
@@ -163,7 +163,7 @@ with tab_recs:
             icon=":material/download:",
             on_click="ignore",
         )
-        csv_url = app_api.output_url(record, "format_output", "csv")
+        csv_url = page_data.output_url(record, "format_output", "csv")
         if csv_url:
             try:
                 dl2.download_button(
@@ -188,7 +188,7 @@ with tab_charts:
         if weekly is None or forecasts is None or forecasts.empty:
             st.info("No forecast in this run.", icon=":material/info:")
         else:
-            options = app_api.forecast_products(forecasts, plan, catalog)
+            options = page_data.forecast_products(forecasts, plan, catalog)
             names = dict(options)
             product = st.selectbox(
                 "Product",
@@ -197,7 +197,7 @@ with tab_charts:
                 key="detail.product",
                 help="Products the run forecast: those selling below their own past.",
             )
-            series = app_api.history_and_forecast(weekly, forecasts, product)
+            series = page_data.history_and_forecast(weekly, forecasts, product)
             chart = (
                 alt.Chart(series)
                 .mark_line(point=alt.OverlayMarkDef(size=12))
@@ -232,7 +232,7 @@ with tab_charts:
         if plan is None or plan.empty:
             st.info("No plan in this run.", icon=":material/info:")
         else:
-            impact = app_api.impact_by_category(plan)
+            impact = page_data.impact_by_category(plan)
             bars = (
                 alt.Chart(impact)
                 .mark_bar()
@@ -264,9 +264,9 @@ with tab_steps:
         "output here. Steps reused from an earlier run show that run's notebook."
     )
     ui.steps_table(record)
-    for item in app_api.notebooks(record):
+    for item in page_data.notebooks(record):
         title = item["step"].replace("_", " ").capitalize()
-        state = app_api.STATUS_TEXT.get(item["status"], str(item["status"]))
+        state = page_data.STATUS_TEXT.get(item["status"], str(item["status"]))
         with st.expander(ui.md(f"{title} · {state}"), icon=":material/description:"):
             if item["partial"]:
                 st.caption("The step failed; this is the notebook as far as it ran.")
@@ -318,7 +318,7 @@ with tab_settings:
 
 # --- Files -------------------------------------------------------------------------------
 with tab_files:
-    files = app_api.output_files(record, root)
+    files = page_data.output_files(record, root)
     st.caption(ui.md(f"Files this run produced, under the storage root {root}."))
     if not files:
         st.info("No files yet.", icon=":material/info:")

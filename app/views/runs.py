@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 import ui
-from logic import app_api
+from logic import page_data
 
 from toolkit.runs import store as runs
 
@@ -19,7 +19,7 @@ st.caption(
 )
 
 records = runs.list_runs()  # never cached: other people and replicas start runs too
-rows = app_api.run_rows(records, tz)
+rows = page_data.run_rows(records, tz)
 if not rows:
     st.info("No runs yet. Start one on the Launch page.", icon=":material/info:")
     st.page_link(ui.PAGES["launch"], label="Launch a run", icon=":material/rocket_launch:")
@@ -31,7 +31,7 @@ with st.container(border=True):
     statuses = cols[0].multiselect(
         "Status",
         sorted({r["status"] for r in rows}),
-        format_func=app_api.status_text,
+        format_func=page_data.status_text,
         key="runs.status",
     )
     markets = cols[1].multiselect(
@@ -46,7 +46,7 @@ with st.container(border=True):
         key="runs.launcher",
     )
     text = cols[4].text_input("Search", placeholder="run id, category, ...", key="runs.search")
-shown = app_api.filter_rows(rows, statuses, markets, periods, launchers, text)
+shown = page_data.filter_rows(rows, statuses, markets, periods, launchers, text)
 active = sum(1 for r in rows if r["status"] in runs.ACTIVE)
 st.caption(f"{len(shown)} of {len(rows)} runs shown · {active} queued or running")
 
