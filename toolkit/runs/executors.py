@@ -215,30 +215,37 @@ def _root_cause(exc: BaseException) -> str:
 
 
 class SerialExecutor:
-    """Runs each step in this process, one at a time: the default."""
+    """Runs a run's steps one at a time in this process: the default.
+
+    Steps execute in a thread of their own, so the main thread stays free to take Ctrl-C,
+    SIGTERM and a cancel: nbclient claims SIGINT and SIGTERM for itself in the thread that
+    executes a notebook when that thread is the main one, and would only drop its kernel.
+    """
 
     name = "serial"
 
+    def __init__(self) -> None:
+        self._steps = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="toolkit-step")
+
     def submit(self, fn, *args) -> cf.Future:
-        future: cf.Future = cf.Future()
-        try:
-            future.set_result(fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller via the future
-            future.set_exception(exc)
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-        return future
+        return self._steps.submit(fn, *args)
 
     def wait_any(self, futures):
-        done = [f for f in futures if f.done()]
-        return done, [f for f in futures if not f.done()]
+        done, pending = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+        return list(done), list(pending)
+
+    def interrupt(self) -> None:
+        """Stop the step executing now: its kernel is killed, so its notebook fails."""
+        from toolkit.dag import kernels
+
+        kernels.shutdown_all()
 
     def release(self, run_id: str) -> None:
-        """The run is over: its kernel, kept in this process, is not needed any more."""
-        release_run(run_id)
+        """The run is over: its workspace and kept kernel are not needed any more."""
+        self._steps.submit(release_run, run_id).result()  # in the thread the kernel serves
 
     def close(self) -> None:
-        pass
+        self._steps.shutdown(wait=True)
 
 
 def release_run(run_id: str) -> None:

@@ -442,6 +442,8 @@ def execute(
         recorder.update(status="succeeded", finished_at=runs.now())
         return record
     except KeyboardInterrupt:
+        if pool is not None:
+            pool.interrupt()  # the step executing now stops too
         status = "cancelled" if beat.cancelled else "interrupted"
         for name, step in list(record.steps.items()):
             if step.status in ("running", "failed") and not step.finished_at:
