@@ -250,8 +250,9 @@ def cancel(run_id: str) -> None:
 
 # CPython 3.11 builds AST objects with an interpreter-wide recursion counter, so two threads
 # parsing at once can fail with "AST constructor recursion depth mismatch"
-# (python/cpython#106905). Run loops of a Dask backfill plan and key steps in threads:
-# both parse Python (Ploomber's rendering, the notebooks' imports), one thread at a time.
+# (python/cpython#106905). Planning and keying parse Python (Ploomber's rendering, the
+# notebooks' imports): run loops of a Dask backfill do it one thread at a time, and a run
+# does it before its steps execute (the serial executor's thread renders with Ploomber).
 _PARSING = threading.Lock()
 
 
@@ -274,6 +275,25 @@ def _plan(record: RunRecord) -> tuple[dict[str, str], list[pipeline.Step]]:
     workspace = Path(tempfile.gettempdir()) / "toolkit-plan"
     with _PARSING:
         return env, pipeline.plan({**env, "run_id": "", "build_dir": str(workspace)})
+
+
+def _step_keys(steps: list[pipeline.Step], root: str, market: str) -> dict[str, str]:
+    """Every step's cache key, in run order (a key depends on its upstream keys only).
+
+    Computed before any step executes: keying parses Python, and Ploomber parses while it
+    renders a step in the executor's thread.
+    """
+    keys: dict[str, str] = {}
+    with _PARSING:
+        for step in steps:
+            keys[step.name] = cache.step_key(
+                step.name,
+                step.source.read_text(),
+                _key_params(step),
+                {u: keys[u] for u in step.upstream},
+                _raw_inputs(root, market) if not step.upstream else {},
+            )
+    return keys
 
 
 def _key_params(step: pipeline.Step) -> dict[str, Any]:
@@ -317,7 +337,6 @@ def execute(
     try:
         env, steps = _plan(record)
         order = [step.name for step in steps]
-        planned = {step.name: step for step in steps}
         upstream_of = {step.name: list(step.upstream) for step in steps}
         identity = {
             "market": record.market,
@@ -325,7 +344,7 @@ def execute(
             "category": record.category,
         }
         timeout = int(record.config["execution"]["step_timeout_seconds"])
-        keys: dict[str, str] = {}
+        keys = _step_keys(steps, root, record.market)  # before any step executes, see _PARSING
         outputs: dict[str, dict[str, str]] = {}
         pending = list(order)
         running: dict[Any, str] = {}
@@ -337,15 +356,6 @@ def execute(
                 raise KeyboardInterrupt
             for name in ready:
                 pending.remove(name)
-                inputs = _raw_inputs(root, record.market) if not upstream_of[name] else {}
-                with _PARSING:
-                    keys[name] = cache.step_key(
-                        name,
-                        planned[name].source.read_text(),
-                        _key_params(planned[name]),
-                        {u: keys[u] for u in upstream_of[name]},
-                        inputs,
-                    )
                 position = f"[{order.index(name) + 1}/{total}] {name}"
                 warnings: list[str] = []
                 previous = record.steps.get(name) or StepRecord(status="running")
