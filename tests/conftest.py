@@ -79,3 +79,23 @@ def s3_root(s3_server, monkeypatch, request) -> str:
 
     fsspec.AbstractFileSystem.clear_instance_cache()
     return root
+
+
+@pytest.fixture(scope="module")
+def s3_env(s3_server):
+    """Credentials and endpoint for the moto server, in this process's environment (so the
+    `toolkit` processes a test module starts inherit them)."""
+    values = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_server,
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    yield values
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -36,3 +37,23 @@ def run(args, env, cwd=PROJECT_DIR, check=True, timeout=900) -> subprocess.Compl
 def toolkit(args, env, check=True, cwd=PROJECT_DIR, timeout=1500) -> subprocess.CompletedProcess:
     """`toolkit ARGS` in a process of its own, from the project folder by default."""
     return run([*TOOLKIT, *args], env, cwd=cwd, check=check, timeout=timeout)
+
+
+def export_of(record):
+    """A run's recommendations CSV as a frame, without its run id (for comparing runs)."""
+    import pandas as pd
+
+    from toolkit.data import storage
+
+    data = storage.read_bytes(record.steps["format_output"].outputs["csv"])
+    return pd.read_csv(io.BytesIO(data)).drop(columns="run_id")
+
+
+def new_bucket(s3_env, name) -> str:
+    """A new bucket on the moto server of ``s3_env``; its ``toolkit`` prefix as a root."""
+    import boto3
+
+    boto3.client(
+        "s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1"
+    ).create_bucket(Bucket=name)
+    return f"s3://{name}/toolkit"

@@ -14,7 +14,7 @@ import time
 
 import pandas as pd
 import pytest
-from helpers import PROJECT_DIR, TOOLKIT, toolkit, toolkit_env
+from helpers import PROJECT_DIR, TOOLKIT, export_of, new_bucket, toolkit, toolkit_env
 
 from toolkit.data import storage
 from toolkit.pricing import demo_data
@@ -37,11 +37,6 @@ def record_of(root, run_id):
 def plan_of(record):
     data = storage.read_bytes(record.steps["optimize"].outputs["data"])
     return pd.read_parquet(io.BytesIO(data))
-
-
-def export_of(record):
-    data = storage.read_bytes(record.steps["format_output"].outputs["csv"])
-    return pd.read_csv(io.BytesIO(data)).drop(columns="run_id")
 
 
 def wait_for(predicate, timeout=120, every=0.5):
@@ -216,31 +211,8 @@ def test_run_loops_in_threads_parse_python_one_at_a_time():
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def s3_env(s3_server):
-    values = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": s3_server,
-    }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    yield values
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-def new_bucket(s3_env, name, markets=("US", "DE")) -> str:
-    import boto3
-
-    boto3.client(
-        "s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1"
-    ).create_bucket(Bucket=name)
-    root = f"s3://{name}/toolkit"
+def bucket_with_data(s3_env, name, markets=("US", "DE")) -> str:
+    root = new_bucket(s3_env, name)
     os.environ["TOOLKIT_ROOT"] = root
     demo_data.write(list(markets), n_products=30, root=root)
     return root
@@ -249,7 +221,7 @@ def new_bucket(s3_env, name, markets=("US", "DE")) -> str:
 @pytest.fixture(scope="module")
 def dask_backfill(s3_env):
     """Four runs on two Dask workers; the later tests build on their cache."""
-    root = new_bucket(s3_env, "backfill-dask")
+    root = bucket_with_data(s3_env, "backfill-dask")
     args = ["backfill", "--market", MARKETS, "--period", PERIODS]
     result = toolkit(args + ["--executor", "dask", "--workers", "2"], toolkit_env(root))
     return root, result.stdout, backfill_mod.load_manifest(root=root)
@@ -269,7 +241,7 @@ def test_backfill_on_dask_runs_concurrently_and_equals_serial_runs(s3_env, dask_
     spans = sorted((r.started_at, r.finished_at) for r in on_dask.values())
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
 
-    serial_root = new_bucket(s3_env, "backfill-serial")
+    serial_root = bucket_with_data(s3_env, "backfill-serial")
     args = ["backfill", "--market", MARKETS, "--period", PERIODS, "--executor", "serial"]
     out = toolkit(args, toolkit_env(serial_root)).stdout
     assert "4 runs: 4 succeeded" in out

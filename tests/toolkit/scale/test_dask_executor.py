@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import toolkit, toolkit_env
+from helpers import export_of, new_bucket, toolkit, toolkit_env
 
 from toolkit.data import storage
 from toolkit.pricing import demo_data
@@ -37,39 +37,6 @@ def run_id_from(output: str) -> str:
 def plan_of(record):
     data = storage.read_bytes(record.steps["optimize"].outputs["data"])
     return pd.read_parquet(io.BytesIO(data))
-
-
-def export_of(record):
-    data = storage.read_bytes(record.steps["format_output"].outputs["csv"])
-    return pd.read_csv(io.BytesIO(data)).drop(columns="run_id")
-
-
-@pytest.fixture(scope="module")
-def s3_env(s3_server):
-    """Credentials and endpoint for the moto server, for this module's processes."""
-    values = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": s3_server,
-    }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    yield values
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-def new_bucket(s3_env, name) -> str:
-    import boto3
-
-    boto3.client(
-        "s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1"
-    ).create_bucket(Bucket=name)
-    return f"s3://{name}/toolkit"
 
 
 # ---------------------------------------------------------------------------
