@@ -524,11 +524,14 @@ def _report_text(report: dict[str, Any]) -> str:
 
 def _read_table(url: str, columns: Sequence[str]):
     """Columns of a published Parquet table, as an Arrow table."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with storage.open_url(str(url), "rb") as fh:
-        # Not pq.read_table: its dataset layer imports pandas.
-        return pq.ParquetFile(fh).read(columns=list(columns))
+    # From memory and in this thread: Arrow's thread pools, once started, can abort the
+    # process at exit ("terminate called without an active exception", apache/arrow#34314),
+    # and these tables are small. Not pq.read_table: its dataset layer imports pandas.
+    data = pa.BufferReader(storage.read_bytes(str(url)))
+    return pq.ParquetFile(data).read(columns=list(columns), use_threads=False)
 
 
 def describe(record: RunRecord) -> str:
