@@ -40,13 +40,13 @@ def toolkit(args, env, check=True, cwd=PROJECT_DIR, timeout=1500) -> subprocess.
 
 
 def export_of(record):
-    """A run's recommendations CSV as a frame, without its run id (for comparing runs)."""
+    """A run's recommendations CSV as a frame (for comparing runs)."""
     import pandas as pd
 
     from toolkit.data import storage
 
     data = storage.read_bytes(record.steps["format_output"].outputs["csv"])
-    return pd.read_csv(io.BytesIO(data)).drop(columns="run_id")
+    return pd.read_csv(io.BytesIO(data))
 
 
 def new_bucket(s3_env, name) -> str:
@@ -57,3 +57,46 @@ def new_bucket(s3_env, name) -> str:
         "s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1"
     ).create_bucket(Bucket=name)
     return f"s3://{name}/toolkit"
+
+
+class Receiver:
+    """A loopback HTTP receiver for deliveries, started and stopped by the test (``with``).
+
+    Answers 503 to the first ``fail_first`` requests, then ``status``; keeps each
+    request's headers and JSON body in ``requests``.
+    """
+
+    def __init__(self, fail_first=0, status=200, headers=None):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.requests.append((dict(self.headers), json.loads(body)))
+                code = 503 if len(outer.requests) <= fail_first else status
+                self.send_response(code)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.1:{self.port}/recommendations"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

@@ -65,6 +65,10 @@ SECTION_TITLES = {
 FORM_CHANGE = "Changed in this form"
 # Suggested price levels for list fields of fractions: -50% .. +50% in 5% steps.
 FRACTION_GRID = tuple(round(x / 100, 2) for x in range(-50, 55, 5))
+# Why a launch may not set config.OPERATOR_KEYS (endpoints, executors, schedulers, kernels).
+OPERATOR_SETTING = (
+    "an operator setting: it comes from configs/ or the environment, not the launch form"
+)
 
 
 # ---------------------------------------------------------------------------
@@ -194,6 +198,8 @@ def _walk(
         key = f"{prefix}{name}"
         if not prefix and name in config_mod.IDENTITY_KEYS:
             continue  # market, period and category have their own pickers
+        if config_mod.operator_key(key):
+            continue  # not the launcher's to set (see OPERATOR_SETTING)
         annotation, _ = _unwrap_optional(info.annotation)
         if _is_model(annotation):
             sub_group, sub_widget = PRIMARY_GROUPS.get(key, (group or name, widget))
@@ -206,7 +212,8 @@ _FIELDS_CACHE: dict[type, tuple[FieldSpec, ...]] = {}
 
 
 def form_fields(model: type[BaseModel] = config_mod.ToolkitConfig) -> tuple[FieldSpec, ...]:
-    """Every editable leaf of the model, in model order."""
+    """Every leaf of the model a launcher may set, in model order: not the run identity
+    (it has its own pickers), not ``config.OPERATOR_KEYS``."""
     if model not in _FIELDS_CACHE:
         out: list[FieldSpec] = []
         _walk(model, "", None, None, out)
@@ -462,6 +469,9 @@ def _pre_check(values: Mapping[str, Any]) -> list[FieldProblem]:
     """Type checks the config model would report less clearly."""
     problems = []
     for key, value in values.items():
+        if config_mod.operator_key(str(key)):
+            problems.append(FieldProblem(key, OPERATOR_SETTING, key, ""))
+            continue
         try:
             spec = field_spec(key)
         except KeyError:

@@ -101,6 +101,8 @@ def launch_log(run_id: str, max_chars: int = LOG_TAIL_CHARS) -> str | None:
 def _check_patch(patch: str) -> str:
     allowed = {spec.key for spec in forms.form_fields()} | set(config_mod.IDENTITY_KEYS)
     key = patch.partition("=")[0]
+    if config_mod.operator_key(key.strip()):
+        raise ValueError(f"patch key {key!r} is {forms.OPERATOR_SETTING}")
     if key not in allowed:
         raise ValueError(f"patch key {key!r} is not a setting of the form")
     config_mod.parse_patch(patch)  # a ConfigError for anything that is not a plain literal

@@ -24,7 +24,9 @@ def leaves(model, prefix=""):
 def test_every_setting_of_the_model_is_a_field_with_its_description_and_bounds():
     model = leaves(config_mod.ToolkitConfig)
     specs = {s.key: s for s in forms.form_fields()}
-    assert set(specs) == set(model) - set(config_mod.IDENTITY_KEYS)
+    operator = {key for key in model if config_mod.operator_key(key)}
+    assert operator >= {"output.endpoint", "execution.scheduler", "execution.executor"}
+    assert set(specs) == set(model) - set(config_mod.IDENTITY_KEYS) - operator
     for key, spec in specs.items():
         assert spec.help == model[key].description, key
         assert spec.default == model[key].get_default(call_default_factory=True)
@@ -36,22 +38,14 @@ def test_every_setting_of_the_model_is_a_field_with_its_description_and_bounds()
     assert discount.bounds_text == "at least 0, below 1"
     assert specs["optimize.constraints.max_changes"].kind == "int"
     assert specs["optimize.constraints.price_levels"].max_items == 25
-    assert specs["execution.executor"].choices == ("serial", "dask")
-    endpoint = specs["output.endpoint"]
-    assert endpoint.optional and endpoint.pattern == r"^https?://[^\s]+$"
+    assert specs["forecast.season_length"].bounds_text == "2 to 52"
 
 
 def test_groups_put_weights_and_constraints_first_and_the_rest_in_advanced():
     groups = forms.form_groups()
     assert [g.name for g in groups[:2]] == ["weights", "constraints"]
     assert not groups[0].advanced and not groups[1].advanced
-    assert {g.name for g in groups[2:]} == {
-        "load_transform",
-        "underperformers",
-        "forecast",
-        "output",
-        "execution",
-    }
+    assert {g.name for g in groups[2:]} == {"load_transform", "underperformers", "forecast"}
     assert all(g.advanced for g in groups[2:])
     assert all(s.kind == "slider" for s in groups[0].fields)
     assert groups[0].help == "Objective weights."
@@ -122,7 +116,7 @@ def test_check_explains_an_invalid_combination():
         ("optimize.constraints.max_discount", 1.0, "less than 1"),
         ("optimize.constraints.max_changes", 20_000, "less than or equal to 10000"),
         ("optimize.constraints.price_levels", [-1.5, 0.0], "price_levels must lie in"),
-        ("output.endpoint", "ftp://example.com", "should match pattern"),
+        ("forecast.horizon", 53, "less than or equal to 52"),
         ("optimize.weights.revenue", "lots", "must be a number"),
     ],
 )
@@ -148,6 +142,28 @@ def test_check_explains_out_of_range_values_per_field(key, value, words):
 def test_bad_identities_are_refused_before_any_file_is_read(identity):
     checked = forms.check(identity, forms.values_of(forms.baseline(US)))
     assert not checked.ok and checked.problems[0].group == "identity"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("output.endpoint", "http://169.254.169.254/latest/meta-data/"),
+        ("output.allowed_endpoints", ["http://169.254.169.254/"]),
+        ("output.allow_addresses", ["169.254.0.0/16"]),
+        ("execution.scheduler", "tcp://scheduler.attacker.example:8786"),
+        ("execution.executor", "dask"),
+        ("execution.kernel", "fresh"),
+        ("execution", None),
+    ],
+)
+def test_operator_settings_are_refused_with_a_reason(key, value):
+    base = forms.values_of(forms.baseline(US))
+    assert not any(config_mod.operator_key(k) for k in base)  # the form never sends them
+    checked = forms.check(US, dict(base, **{key: value}))
+    assert not checked.ok and checked.resolved is None
+    [problem] = checked.problems
+    assert problem.key == key
+    assert str(problem) == f"{key}: {forms.OPERATOR_SETTING}"
 
 
 def test_a_valid_form_resolves_to_identity_and_change_patches():

@@ -54,7 +54,7 @@ def test_argv_refuses_odd_run_ids(run_id):
 
 
 @pytest.mark.parametrize(
-    "patch", ["shell=$(id)", "optimize.weights.revenue; touch x=1", "output.endpoint={a: 1}"]
+    "patch", ["shell=$(id)", "optimize.weights.revenue; touch x=1", "forecast.horizon={a: 1}"]
 )
 def test_argv_refuses_keys_outside_the_model_and_non_literals(patch):
     with pytest.raises((ValueError, config_mod.ConfigError)):
@@ -75,7 +75,7 @@ def test_hostile_identity_values_are_refused_and_nothing_runs(
         with pytest.raises(launch.LaunchRefused):
             launch.launch(identity, values(), LOCAL, access.AppSettings())
     with pytest.raises(launch.LaunchRefused):
-        launch.launch(US, values(**{"output.endpoint": hostile}), LOCAL, access.AppSettings())
+        launch.launch(US, values(**{"forecast.horizon": hostile}), LOCAL, access.AppSettings())
     assert storage.listdir(storage.join(local_root, "runs")) == []
     assert not (tmp_path / "x").exists()
 
@@ -89,25 +89,45 @@ def cli(patches, cwd):
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_shell_syntax_in_an_accepted_value_reaches_the_run_as_plain_text(tmp_path):
-    endpoint = "https://example.com/hook?q=$(touch${IFS}x)&r=`touch${IFS}x`;touch${IFS}x|id"
-    checked = forms.check(US, values(**{"output.endpoint": endpoint}))
+def test_an_accepted_value_reaches_the_run_exactly(tmp_path):
+    levels = [-0.25, -0.1, 0.0, 0.05]
+    checked = forms.check(US, values(**{"optimize.constraints.price_levels": levels}))
     assert checked.ok
     result = cli(checked.patches, tmp_path)
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
-    assert shown["output.endpoint"] == {
-        "value": endpoint,
+    assert shown["optimize.constraints.price_levels"] == {
+        "value": levels,
         "origin": f"--patch {checked.changes[0]}",
     }
-    assert not (tmp_path / "x").exists()
 
 
 def test_an_option_like_value_is_a_value_not_an_option(tmp_path):
-    result = cli(['output.endpoint="--help"'], tmp_path)
+    result = cli(['forecast.horizon="--help"'], tmp_path)
     assert result.returncode == 2
     assert "Usage:" not in result.stdout + result.stderr
-    assert "output.endpoint" in result.stderr and "--help" in result.stderr
+    assert "forecast.horizon" in result.stderr and "--help" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("output.endpoint", "http://169.254.169.254/latest/meta-data/"),
+        ("output.allow_addresses", ["169.254.0.0/16"]),
+        ("execution.scheduler", "tcp://scheduler.attacker.example:8786"),
+        ("execution.executor", "dask"),
+        ("execution.kernel", "fresh"),
+    ],
+)
+def test_a_launch_may_not_set_operator_settings(local_root, key, value):
+    fake_raw_data(local_root)  # so only the setting can be the reason
+    with pytest.raises(launch.LaunchRefused) as caught:
+        launch.launch(US, values(**{key: value}), LOCAL, access.AppSettings())
+    assert str(caught.value) == f"{key}: {forms.OPERATOR_SETTING}"
+    assert storage.listdir(storage.join(local_root, "runs")) == []
+    # Nor can a crafted argv: the patch itself is refused, whatever its value.
+    with pytest.raises(ValueError, match=f"'{key}' is an operator setting"):
+        launch.build_argv("run-1", [f"{key}={forms.format_value(value)}"])
 
 
 def test_a_refused_launch_says_why_per_field(local_root):

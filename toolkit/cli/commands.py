@@ -362,7 +362,7 @@ def runs_list(as_json, status, market) -> None:
 @_json_option
 def runs_show(run_id, as_json) -> None:
     """Effective config with origins, each step's status, timing and outputs."""
-    from toolkit.runs import runner
+    from toolkit.runs import deliveries, runner
     from toolkit.runs import store as runs
 
     record = _record_or_exit(run_id)
@@ -370,7 +370,10 @@ def runs_show(run_id, as_json) -> None:
         stored = record.to_json()
         out = {
             **runs.summary_row(record),
-            **{key: stored[key] for key in ("config", "origins", "steps", "error", "versions")},
+            **{
+                key: stored[key]
+                for key in ("config", "origins", "steps", "delivery", "error", "versions")
+            },
             "git_commit": record.git_commit,
         }
         click.echo(json.dumps(out, indent=2, default=str))
@@ -391,6 +394,8 @@ def runs_show(run_id, as_json) -> None:
         click.echo(f"  {name}: {step.status}{reused}{timing} key={step.cache_key}")
         for key, url in step.outputs.items():
             click.echo(f"    {key}: {url}")
+    if record.delivery is not None:
+        click.echo(f"\ndelivery: {deliveries.describe(record.delivery.model_dump())}")
     if record.status != "succeeded":
         click.echo("")
         click.echo(runner.explain_failure(record))

@@ -21,15 +21,23 @@ import copy
 import difflib
 import functools
 import hashlib
+import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from toolkit import project
 from toolkit.data import storage
@@ -37,15 +45,22 @@ from toolkit.data import storage
 __all__ = [
     "ConfigError",
     "IDENTITY_KEYS",
+    "OPERATOR_KEYS",
     "ResolvedConfig",
     "ToolkitConfig",
     "known_markets",
     "load_yaml_text",
+    "operator_key",
     "parse_patch",
     "resolve",
 ]
 
 IDENTITY_KEYS = ("country", "period", "category")
+# Settings that reach outside the run (where recommendations go, which endpoints and
+# addresses are allowed, where and how steps execute: executor, scheduler, kernels) and
+# everything under them. They belong to whoever operates the toolkit: configs/, the
+# environment, or an operator's own `toolkit run --patch`; the app's launch path refuses them.
+OPERATOR_KEYS = ("output", "execution")
 MAX_CONFIG_BYTES = 1_000_000  # a config is a few KB; anything bigger is a mistake or an attack
 
 IDENTITY_PATTERNS = {
@@ -160,14 +175,41 @@ class OptimizeConfig(_Section):
     )
 
 
+EndpointPattern = Annotated[str, Field(pattern=r"^https?://[^\s/?#@]+(/[^\s?#]*)?$")]
+
+
 class OutputConfig(_Section):
     endpoint: str | None = Field(
         None,
         pattern=r"^https?://[^\s]+$",
-        description="HTTP(S) URL that receives the recommendations as JSON; none to skip.",
+        description="HTTP(S) URL that receives the recommendations as JSON; none to skip. "
+        "It must match allowed_endpoints.",
+    )
+    allowed_endpoints: list[EndpointPattern] = Field(
+        default_factory=list,
+        max_length=100,
+        description="URLs the endpoint may be, as scheme://host[:port][/path]: the host "
+        "exactly (or *.example.com for its subdomains), the port exactly (the scheme's "
+        "default when absent), the path as a prefix. Empty: no delivery.",
+    )
+    allow_addresses: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Networks (CIDR, e.g. 127.0.0.0/8) delivery may reach although they are "
+        "loopback, link-local or cloud metadata addresses, which are refused otherwise.",
     )
     retries: int = Field(3, ge=0, le=10, description="Delivery attempts after the first.")
     timeout_seconds: float = Field(10.0, gt=0, le=300, description="Timeout per delivery attempt.")
+
+    @field_validator("allow_addresses")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not a network such as 127.0.0.0/8 or ::1") from None
+        return value
 
 
 class ExecutionConfig(_Section):
@@ -323,6 +365,14 @@ def _read_layer(url: str) -> dict:
             [Problem(url, "", f"expected a mapping of keys, got {type(data).__name__}")]
         )
     return data
+
+
+def operator_key(key_path: str) -> str | None:
+    """The entry of ``OPERATOR_KEYS`` that ``key_path`` is or lies under, if any."""
+    return next(
+        (key for key in OPERATOR_KEYS if key_path == key or key_path.startswith(f"{key}.")),
+        None,
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -96,8 +96,8 @@ def step_config(
     sections = STEP_SECTIONS.get(step, ())
     values = resolved.section(sections[0]) if sections else {}
     if step == "format_output":
-        # A Ploomber build has no run record: name it after its config, so a rebuild with
-        # the same config delivers with the same idempotency key.
+        # A Ploomber build has no run record: name it after its config. The notebook
+        # writes no run id into its files, which later runs may reuse from the cache.
         values["run_id"] = run_id or f"build-{resolved.digest()[:12]}"
     return values
 

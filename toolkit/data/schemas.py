@@ -180,7 +180,10 @@ def plan_contract(constraints: Mapping[str, Any]) -> pa.DataFrameSchema:
 class Export(_Contract):
     """Recommendations in the third-party format: stable column order, changed prices only."""
 
-    run_id: Series[str] = pa.Field(description="Run that produced the recommendation.")
+    plan_id: Series[str] = pa.Field(
+        str_matches=r"^[0-9a-f]{32}$",
+        description="Hash of the recommendations and their scope; their delivery's key.",
+    )
     market: Series[str] = pa.Field(str_matches=r"^[A-Z]{2}$", description="Market code.")
     period: Series[str] = pa.Field(str_matches=r"^\d{4}-\d{2}$", description="Month.")
     product_id: Series[str] = pa.Field(unique=True, description="Product key.")

@@ -1,19 +1,24 @@
-"""Format recommendations for the third-party system and deliver them over HTTP."""
+"""Recommendations in the receiving system's format, named by their content.
+
+The format_output step writes them; the run delivers them afterwards
+(``toolkit.runs.deliveries``). A step's outputs are shared by every run that reuses them
+from the cache, so nothing here names a run: each row carries the plan id, a hash of the
+recommendations and their scope, which is also the idempotency key of their delivery.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
-__all__ = ["DeliveryError", "EXPORT_COLUMNS", "post_json", "to_export"]
+__all__ = ["EXPORT_COLUMNS", "delivery_manifest", "plan_id", "to_export"]
 
 EXPORT_COLUMNS = [
-    "run_id",
+    "plan_id",
     "market",
     "period",
     "product_id",
@@ -29,20 +34,39 @@ EXPORT_COLUMNS = [
 ]
 
 
-class DeliveryError(RuntimeError):
-    """Delivery gave up; the message names the endpoint, attempts and last error."""
+def plan_id(records: list[dict[str, Any]], market: str, period: str, category: str | None) -> str:
+    """Hash of the recommendations (without their plan id) and the scope they are for.
+
+    The scope counts too: two scopes with no price changes have equal (empty) records but
+    are different plans.
+    """
+    content = {
+        "scope": [market, period, category or "all"],
+        "records": [{k: v for k, v in r.items() if k != "plan_id"} for r in records],
+    }
+    blob = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 def to_export(
-    plan: pd.DataFrame, catalog: pd.DataFrame, run_id: str, market: str, period: str
+    plan: pd.DataFrame,
+    catalog: pd.DataFrame,
+    market: str,
+    period: str,
+    category: str | None = None,
 ) -> pd.DataFrame:
-    """Changed prices only, in the receiving system's column order, biggest impact first."""
+    """Changed prices only, in the receiving system's column order, biggest impact first.
+
+    ``category`` is the run's scope (None: all categories), part of the plan id.
+    """
+    import pandas as pd  # here: the run loop imports this module's siblings without pandas
+
     changed = plan[plan["changed"]].merge(
         catalog[["product_id", "product_name", "currency"]], on="product_id", how="left"
     )
     export = pd.DataFrame(
         {
-            "run_id": run_id,
+            "plan_id": "",
             "market": market,
             "period": period,
             "product_id": changed["product_id"],
@@ -61,53 +85,25 @@ def to_export(
             ).round(2),
         },
         columns=EXPORT_COLUMNS,
-    )
-    return export.reset_index(drop=True)
+    ).reset_index(drop=True)
+    # The id of exactly what is written: the records as JSON reads them back.
+    records = json.loads(export.to_json(orient="records"))
+    export["plan_id"] = plan_id(records, market, period, category)
+    return export
 
 
-def post_json(
-    url: str,
-    payload: object,
-    idempotency_key: str,
-    retries: int = 3,
-    timeout: float = 10.0,
-    backoff: float = 0.5,
-    sleep: Callable[[float], None] = time.sleep,
-) -> dict:
-    """POST ``payload`` as JSON with bounded retries; the receiver dedupes on the key.
+def delivery_manifest(
+    export: pd.DataFrame, market: str, period: str, category: str | None
+) -> dict[str, Any]:
+    """What the run delivers (``delivery.json``): the plan id, its scope and its size.
 
-    Retries connection errors, timeouts, 429 and 5xx; a 4xx other than 429 is final since
-    sending the same body again cannot fix it.
-
-    Returns:
-        A record of the delivery: endpoint, status code, attempts.
-
-    Raises:
-        DeliveryError: after the last attempt, naming the endpoint and the last error.
+    The id is kept here as well as in the rows, since a plan without changes has no rows.
     """
-    body = json.dumps(payload, default=str).encode()
-    last_error = ""
-    for attempt in range(1, retries + 2):
-        request = urllib.request.Request(
-            url,
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", "Idempotency-Key": idempotency_key},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-                return {
-                    "endpoint": url,
-                    "status": response.status,
-                    "attempts": attempt,
-                    "idempotency_key": idempotency_key,
-                }
-        except urllib.error.HTTPError as exc:
-            last_error = f"HTTP {exc.code} {exc.reason}"
-            if exc.code != 429 and exc.code < 500:
-                break
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            last_error = str(getattr(exc, "reason", exc))
-        if attempt <= retries:
-            sleep(backoff * 2 ** (attempt - 1))
-    raise DeliveryError(f"delivery to {url} failed after {attempt} attempt(s): {last_error}")
+    (plan,) = export["plan_id"].unique().tolist() or [plan_id([], market, period, category)]
+    return {
+        "plan_id": plan,
+        "market": market,
+        "period": period,
+        "category": category,
+        "recommendations": len(export),
+    }

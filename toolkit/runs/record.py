@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 __all__ = [
     "SCHEMA_VERSION",
+    "DeliveryRecord",
     "RecordInvalid",
     "RunEvent",
     "RunInputs",
@@ -94,6 +95,22 @@ class StepRecord(_Model):
     attempts: list[str] = Field(default_factory=list, description="Attempt ids, oldest first.")
 
 
+class DeliveryRecord(_Model):
+    """What became of a run's recommendations (``toolkit.runs.deliveries``)."""
+
+    status: Literal["delivered", "already_delivered", "skipped", "failed"] = Field(
+        description="delivered by this run; already_delivered by an earlier run (same "
+        "plan, same endpoint), so not sent again; skipped: no endpoint; failed."
+    )
+    plan_id: str | None = Field(None, description="The plan's id, its delivery's key.")
+    endpoint: str | None = Field(None, description="Where it was (or would be) sent.")
+    delivered_by: str | None = Field(None, description="The run whose delivery it was.")
+    delivered_at: Timestamp | None = None
+    attempts: int | None = Field(None, description="Requests this run sent.")
+    http_status: int | None = Field(None, description="The receiver's answer.")
+    error: str | None = Field(None, description="Why it was not delivered.")
+
+
 class RunRecord(_Model):
     """A run: identity, launcher, frozen config with origins, steps, timing, final status.
 
@@ -131,6 +148,7 @@ class RunRecord(_Model):
     git_commit: str | None = Field(None, description="Project commit, '-dirty' if edited.")
     steps: dict[str, StepRecord] = Field(default_factory=dict, description="In run order.")
     events: list[RunEvent] = Field(default_factory=list)
+    delivery: DeliveryRecord | None = Field(None, description="After the steps succeeded.")
     error: str | None = Field(None, description="Why the run did not succeed.")
     stored_status: RunStatus | None = Field(
         None, exclude=True, description="Status as stored, when status is effective."

@@ -15,14 +15,14 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
 from toolkit import config as config_mod
 from toolkit.dag import pipeline
 from toolkit.data import storage
-from toolkit.runs import cache, executors
+from toolkit.runs import cache, deliveries, executors
 from toolkit.runs import store as runs
 from toolkit.runs.record import RunEvent, RunInputs, RunRecord, StepRecord
 
@@ -345,6 +345,9 @@ def execute(
         }
         timeout = int(record.config["execution"]["step_timeout_seconds"])
         keys = _step_keys(steps, root, record.market)  # before any step executes, see _PARSING
+        refusal = _endpoint_refusal(record.config.get("output", {}))
+        if refusal is not None:  # now, not after every step has run
+            _fail_delivery(recorder, refusal)
         outputs: dict[str, dict[str, str]] = {}
         pending = list(order)
         running: dict[Any, str] = {}
@@ -403,7 +406,10 @@ def execute(
                     "upstream": {u: outputs[u] for u in upstream_of[name]},
                 }
                 if pool is None:  # not before a step needs it: a cached run needs no cluster
-                    pool = make_executor(executor, **(executor_options or {}))
+                    options = executor_options
+                    if options is None:  # a resume: the options of the run's frozen config
+                        options = configured_executor_options(executor, record.config)
+                    pool = make_executor(executor, **options)
                 if not pending and not running:
                     # The last step: this process mostly waits for it, so the summary's
                     # libraries load meanwhile instead of after it.
@@ -449,6 +455,7 @@ def execute(
                 error="a step failed; see its error and report",
             )
             raise RunFailed(record)
+        _deliver(recorder, outputs.get("format_output"))
         recorder.update(status="succeeded", finished_at=runs.now())
         return record
     except KeyboardInterrupt:
@@ -477,6 +484,42 @@ def execute(
         if pool is not None:
             pool.release(record.id)
             pool.close()
+
+
+def _endpoint_refusal(output: dict[str, Any]) -> dict[str, Any] | None:
+    """A failed delivery receipt when the operator's allow-list refuses the endpoint."""
+    endpoint = output.get("endpoint")
+    try:
+        if endpoint:
+            deliveries.EndpointPolicy.from_config(output).check_url(endpoint)
+    except deliveries.EndpointRefused as exc:
+        return {"status": "failed", "endpoint": endpoint, "error": str(exc)}
+    return None
+
+
+def _deliver(recorder: _Recorder, files: dict[str, str] | None) -> None:
+    """Deliver the recommendations, or record which run already did (every run, cached or
+    not: a reused format_output step delivers nothing by itself)."""
+    record = recorder.record
+    if files is None:
+        receipt = {"status": "skipped", "error": "the pipeline has no format_output step"}
+    else:
+        receipt = deliveries.deliver(record.root, record.id, record.config.get("output", {}), files)
+    if receipt["status"] == "failed":
+        _fail_delivery(recorder, receipt)
+    recorder.update(delivery=receipt)
+    recorder.event(f"delivery: {deliveries.describe(receipt)}")
+
+
+def _fail_delivery(recorder: _Recorder, receipt: dict[str, Any]) -> NoReturn:
+    recorder.update(
+        delivery=receipt,
+        status="failed",
+        finished_at=runs.now(),
+        error=f"delivery failed: {receipt['error']}",
+    )
+    recorder.event(f"delivery: {deliveries.describe(receipt)}")
+    raise RunFailed(recorder.record)
 
 
 def _result_of(future) -> dict[str, Any]:
@@ -512,6 +555,8 @@ def explain_failure(record: RunRecord) -> str:
             lines.append(_report_text(report))
         for key, url in step.debug.items():
             lines.append(f"  {key}: {url}")
+    if record.delivery is not None and record.delivery.status == "failed":
+        lines.append(deliveries.describe(record.delivery.model_dump()))
     return "\n".join(lines)
 
 
@@ -546,6 +591,8 @@ def describe(record: RunRecord) -> str:
             state = f"reused from {step.reused_from}"
         lines.append(f"  {name} ({state})")
         lines += [f"    {key}: {url}" for key, url in step.outputs.items()]
+    if record.delivery is not None:
+        lines.append(f"  delivery: {deliveries.describe(record.delivery.model_dump())}")
     return "\n".join(lines)
 
 
@@ -616,6 +663,20 @@ def summary(record: RunRecord, top: int = 10) -> str:
         describe(record),
     ]
     return "\n".join(lines)
+
+
+def configured_executor_options(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """An executor's options from a config's ``execution`` section.
+
+    That section is the operator's (configs/, the environment, an operator's own --patch;
+    the app's launch path refuses it), so a Dask scheduler address never comes from a
+    launcher. With no scheduler there, ``DaskExecutor`` takes ``DASK_SCHEDULER_ADDRESS``
+    or starts a local cluster.
+    """
+    if name != "dask":
+        return {}
+    execution = config.get("execution", {})
+    return {key: execution[key] for key in ("workers", "scheduler", "retries") if key in execution}
 
 
 def make_executor(name: str = "serial", **options):

@@ -185,7 +185,10 @@ class DaskExecutor:
             workers: worker processes of a local cluster (one thread each); unused with
                 a scheduler.
             scheduler: address of an existing scheduler, e.g. ``tcp://host:8786``; when
-                None, ``DASK_SCHEDULER_ADDRESS``; when neither, a local cluster.
+                None, ``DASK_SCHEDULER_ADDRESS``; when neither, a local cluster. The
+                address is the operator's alone (configs/, the environment, the CLI; never
+                the app's launch form): a client runs what its scheduler sends back, so it
+                must be a scheduler the operator controls.
             retries: times a step is retried after a worker dies running it (on a local
                 cluster; an existing scheduler applies its own
                 ``distributed.scheduler.allowed-failures``) or after it raises.

@@ -124,7 +124,7 @@ def test_export_column_order_is_enforced():
 
     row = {c: 1.0 for c in EXPORT_COLUMNS}
     row.update(
-        run_id="r",
+        plan_id="0" * 32,
         market="US",
         period="2026-11",
         product_id="P1",

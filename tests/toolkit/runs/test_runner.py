@@ -13,7 +13,15 @@ import time
 
 import pandas as pd
 import pytest
-from helpers import PROJECT_DIR, TOOLKIT, export_of, new_bucket, toolkit, toolkit_env
+from helpers import (
+    PROJECT_DIR,
+    TOOLKIT,
+    Receiver,
+    export_of,
+    new_bucket,
+    toolkit,
+    toolkit_env,
+)
 
 from toolkit.data import storage
 from toolkit.pricing import demo_data
@@ -479,3 +487,74 @@ def test_cancel_stops_a_running_run(local_store):
     # The cancel lands inside forecast, or just after it finished; nothing runs after it.
     assert record.steps["forecast"].status in ("cancelled", "succeeded")
     assert "optimize" not in record.steps
+
+
+# ---------------------------------------------------------------------------
+# Delivery: explicit, once per distinct plan
+# ---------------------------------------------------------------------------
+
+
+def delivery_config(folder, url, allowed) -> str:
+    """An operator's --config layer: deliver to ``url``, allowing ``allowed`` and loopback
+    (the test's receiver listens there; loopback is refused unless allowed)."""
+    path = folder / "delivery.yaml"
+    path.write_text(
+        "output:\n"
+        f"  endpoint: {json.dumps(url)}\n"
+        f"  allowed_endpoints: {json.dumps(allowed)}\n"
+        '  allow_addresses: ["127.0.0.0/8"]\n'
+    )
+    return str(path)
+
+
+def test_each_plan_is_delivered_once_and_a_rerun_says_by_which_run(tmp_path):
+    root = str(tmp_path / "store")
+    demo_data.write(["US"], n_products=30, root=root)
+    env = toolkit_env(root)
+    with Receiver() as receiver:
+        config = delivery_config(tmp_path, receiver.url, [receiver.url])
+        first_out = toolkit(["run", "--config", config], env).stdout
+        first = record_of(root, run_id_from(first_out))
+        again = record_of(root, run_id_from(toolkit(["run", "--config", config], env).stdout))
+        args = ["run", "--config", config, "--patch", "optimize.constraints.max_changes=0"]
+        changed = record_of(root, run_id_from(toolkit(args, env).stdout))
+
+    plan_id = first.delivery.plan_id
+    assert first.delivery.status == "delivered" and first.delivery.delivered_by == first.id
+    assert f"delivery: plan {plan_id} delivered to {receiver.url} by this run" in first_out
+    [sent, sent_changed] = receiver.requests  # the rerun sent nothing
+    assert sent[0]["Idempotency-Key"] == plan_id and sent[0]["X-Toolkit-Run"] == first.id
+    export = export_of(first)
+    assert sent[1] == json.loads(storage.read_bytes(first.steps["format_output"].outputs["json"]))
+    assert len(sent[1]) == len(export) > 0 and set(export["plan_id"]) == {plan_id}
+
+    # The same plan again: every step reused, nothing sent, and the record says who did.
+    assert all(step.reused for step in again.steps.values())
+    assert again.status == "succeeded" and again.delivery.status == "already_delivered"
+    assert (again.delivery.plan_id, again.delivery.delivered_by) == (plan_id, first.id)
+    shown = toolkit(["runs", "show", again.id], env).stdout
+    assert f"plan {plan_id} already delivered to {receiver.url} by run {first.id}" in shown
+    shown_json = json.loads(toolkit(["runs", "show", again.id, "--json"], env).stdout)
+    assert shown_json["delivery"]["delivered_by"] == first.id
+    # Its files are the shared, content-named ones: no run's id in them.
+    assert "run_id" not in export_of(again).columns
+
+    # Another plan: delivered by its own run, under its own key.
+    assert changed.delivery.status == "delivered" and changed.delivery.delivered_by == changed.id
+    assert changed.delivery.plan_id != plan_id
+    assert sent_changed[0]["Idempotency-Key"] == changed.delivery.plan_id
+    assert sent_changed[1] == []  # no price changes allowed
+
+
+def test_an_endpoint_outside_the_allow_list_fails_the_run_before_its_steps(tmp_path):
+    root = str(tmp_path / "store")
+    demo_data.write(["US"], n_products=30, root=root)
+    endpoint = "http://169.254.169.254/latest/meta-data/"
+    config = delivery_config(tmp_path, endpoint, ["https://receiver.example.com/"])
+    result = toolkit(["run", "--config", config], toolkit_env(root), check=False)
+    assert result.returncode == 1
+    assert "is not in output.allowed_endpoints" in result.stderr
+    assert "Traceback" not in result.stderr
+    record = record_of(root, run_id_from(result.stdout))
+    assert record.status == "failed" and record.steps == {}
+    assert record.delivery.status == "failed" and record.delivery.endpoint == endpoint
