@@ -612,7 +612,7 @@ def period_options(
         out.add(f"{year:04d}-{month:02d}")
         year, month = (year, month - 1) if month > 1 else (year - 1, 12)
     for path in (Path(project_dir) / "configs" / "periods").glob("*.yaml"):
-        if re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", path.stem):
+        if re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", path.stem):
             out.add(path.stem)
     return sorted(out, reverse=True)
 

@@ -10,7 +10,7 @@ import sys
 import click
 
 from toolkit import config as config_mod
-from toolkit import project
+from toolkit import project, settings
 from toolkit.cli import options as cli_options
 
 # Shared with the other command module.
@@ -26,12 +26,13 @@ def _resolve_or_exit(configs, patches) -> config_mod.ResolvedConfig:
 
 
 class _Commands(click.Group):
-    """The command group; outside a project every command says so in one line."""
+    """The command group: outside a project, or with a bad ``TOOLKIT_*`` knob, every command
+    says so in one line."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except project.NotInProject as exc:
+        except (project.NotInProject, settings.SettingError) as exc:
             click.echo(f"toolkit: {exc}", err=True)
             sys.exit(2)
 

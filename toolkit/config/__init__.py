@@ -65,7 +65,7 @@ MAX_CONFIG_BYTES = 1_000_000  # a config is a few KB; anything bigger is a mista
 
 IDENTITY_PATTERNS = {
     "country": (r"[A-Z]{2}", "must be a two-letter market code such as US or NO"),
-    "period": (r"\d{4}-(0[1-9]|1[0-2])", "must be a month as YYYY-MM"),
+    "period": (r"[0-9]{4}-(0[1-9]|1[0-2])", "must be a month as YYYY-MM"),
     "category": (r"[a-z][a-z0-9_]*", "must be a lowercase category name"),
 }
 _KEY_PATH = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$")
@@ -241,7 +241,7 @@ class ToolkitConfig(_Section):
     )
     period: str = Field(
         "2026-11",
-        pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
+        pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$",
         description="Month the run is for (YYYY-MM); history ends with it.",
     )
     category: str | None = Field(
@@ -285,8 +285,14 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------------------
 
 
+MAX_NESTING = 32  # configs nest three or four levels; deeper is a mistake or an attack
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 scalars: `NO` and `2024-01` stay strings, `012` is 12."""
+    """SafeLoader with YAML 1.2 scalars (`NO` and `2024-01` stay strings, `012` is 12), no
+    aliases, no duplicate keys, and at most ``MAX_NESTING`` levels."""
+
+    depth = 0
 
     def compose_node(self, parent, index):
         # Aliases make "billion laughs" bombs possible; configs never need them.
@@ -295,7 +301,34 @@ class _StrictLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(
                 None, None, "aliases (*name) are not allowed in configs", event.start_mark
             )
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_NESTING:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"nested deeper than {MAX_NESTING} levels",
+                self.peek_event().start_mark,
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        # Last-wins would let a second `weights:` silently replace the first.
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (lines {seen[key]} and {line})",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 _StrictLoader.yaml_implicit_resolvers = {}
@@ -591,7 +624,7 @@ def resolve(
     bad = [
         Problem(identity_origin[key], key, f"{IDENTITY_PATTERNS[key][1]} (got {value!r})")
         for key, value in identity.items()
-        if value is not None and not re.fullmatch(IDENTITY_PATTERNS[key][0], value)
+        if value is not None and not re.fullmatch(IDENTITY_PATTERNS[key][0], value, re.ASCII)
     ]
     if bad:
         raise ConfigError(bad)

@@ -40,7 +40,7 @@ class RawSales(_Contract):
     """Daily sales per product, as delivered by the source system (one file per market)."""
 
     date: Series[pd.Timestamp] = pa.Field(description="Sales day.")
-    product_id: Series[str] = pa.Field(str_matches=r"^P\d+$", description="Product key.")
+    product_id: Series[str] = pa.Field(str_matches=r"^P[0-9]+$", description="Product key.")
     units: Series[int] = pa.Field(ge=0, description="Units sold that day.")
     unit_price: Series[float] = pa.Field(gt=0, description="Shelf price paid that day.")
     promo: Series[bool] = pa.Field(description="Whether the product was on promotion.")
@@ -52,7 +52,7 @@ class RawSales(_Contract):
 class Catalog(_Contract):
     """Product master data of one market: current list price and unit cost."""
 
-    product_id: Series[str] = pa.Field(unique=True, str_matches=r"^P\d+$", description="Key.")
+    product_id: Series[str] = pa.Field(unique=True, str_matches=r"^P[0-9]+$", description="Key.")
     product_name: Series[str] = pa.Field(str_length={"min_value": 1}, description="Display name.")
     category: Series[str] = pa.Field(str_matches=r"^[a-z][a-z0-9_]*$", description="Category.")
     list_price: Series[float] = pa.Field(gt=0, description="Current list price.")
@@ -185,7 +185,7 @@ class Export(_Contract):
         description="Hash of the recommendations and their scope; their delivery's key.",
     )
     market: Series[str] = pa.Field(str_matches=r"^[A-Z]{2}$", description="Market code.")
-    period: Series[str] = pa.Field(str_matches=r"^\d{4}-\d{2}$", description="Month.")
+    period: Series[str] = pa.Field(str_matches=r"^[0-9]{4}-[0-9]{2}$", description="Month.")
     product_id: Series[str] = pa.Field(unique=True, description="Product key.")
     product_name: Series[str] = pa.Field(description="Display name.")
     category: Series[str] = pa.Field(description="Product category.")

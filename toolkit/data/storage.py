@@ -19,7 +19,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from toolkit import project
+from toolkit import project, settings
 
 __all__ = [
     "StorageError",
@@ -32,9 +32,17 @@ __all__ = [
     "write_bytes",
 ]
 
-CONNECT_TIMEOUT = float(os.environ.get("TOOLKIT_STORAGE_CONNECT_TIMEOUT", "5"))
-READ_TIMEOUT = float(os.environ.get("TOOLKIT_STORAGE_READ_TIMEOUT", "30"))
-MAX_ATTEMPTS = int(os.environ.get("TOOLKIT_STORAGE_MAX_ATTEMPTS", "3"))
+
+def connect_timeout() -> float:
+    return settings.seconds("TOOLKIT_STORAGE_CONNECT_TIMEOUT", 5.0)
+
+
+def read_timeout() -> float:
+    return settings.seconds("TOOLKIT_STORAGE_READ_TIMEOUT", 30.0)
+
+
+def max_attempts() -> int:
+    return settings.count("TOOLKIT_STORAGE_MAX_ATTEMPTS", 3)
 
 
 class StorageError(OSError):
@@ -67,9 +75,9 @@ def s3_options() -> dict[str, Any]:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     options: dict[str, Any] = {
         "config_kwargs": {
-            "connect_timeout": CONNECT_TIMEOUT,
-            "read_timeout": READ_TIMEOUT,
-            "retries": {"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+            "connect_timeout": connect_timeout(),
+            "read_timeout": read_timeout(),
+            "retries": {"max_attempts": max_attempts(), "mode": "standard"},
         },
         "use_listings_cache": False,
     }

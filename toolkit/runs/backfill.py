@@ -37,7 +37,7 @@ __all__ = [
 Progress = Callable[[str], None]
 
 MAX_MONTHS_PER_RANGE = 120  # ten years: a longer range is almost surely a typo
-_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+_MONTH = re.compile(r"^([0-9]{4})-([0-9]{2})$")
 # Resume re-executes these; a cancelled run was stopped on purpose and stays stopped.
 RESUMABLE = ("failed", "interrupted")
 

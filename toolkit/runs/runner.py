@@ -174,7 +174,7 @@ def create(
         "host": socket.gethostname(),
         "created_at": created,
         "heartbeat_at": created,
-        "heartbeat_seconds": runs.HEARTBEAT_SECONDS,
+        "heartbeat_seconds": runs.heartbeat_seconds(),
         "root": root,
         "inputs": RunInputs(configs=list(configs), patches=list(patches)),
         "config": resolved.as_dict(),
@@ -331,7 +331,7 @@ def execute(
         error=None,
         pid=_pid(),
     )
-    beat = _Heartbeat(recorder, float(record.heartbeat_seconds or runs.HEARTBEAT_SECONDS))
+    beat = _Heartbeat(recorder, float(record.heartbeat_seconds or runs.heartbeat_seconds()))
     beat.start()
     pool = None
     try:

@@ -18,13 +18,13 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
-from toolkit import project
+from toolkit import project, settings
 from toolkit.data import storage
 from toolkit.runs.record import RecordInvalid, RunRecord, parse
 
 __all__ = [
     "ACTIVE",
-    "HEARTBEAT_SECONDS",
+    "heartbeat_seconds",
     "RecordUnreadable",
     "RunNotFound",
     "RunRecord",
@@ -37,7 +37,12 @@ __all__ = [
     "save",
 ]
 
-HEARTBEAT_SECONDS = float(os.environ.get("TOOLKIT_HEARTBEAT_SECONDS", "5"))
+
+def heartbeat_seconds() -> float:
+    """How often a running process beats (``TOOLKIT_HEARTBEAT_SECONDS``, default 5)."""
+    return settings.seconds("TOOLKIT_HEARTBEAT_SECONDS", 5.0)
+
+
 STALE_AFTER_BEATS = 4  # a record this many beats late belongs to a dead process
 QUEUED_GRACE_SECONDS = 180
 ACTIVE = ("queued", "running")
@@ -131,7 +136,7 @@ def effective_status(record: RunRecord, at: dt.datetime | None = None) -> str:
     if status not in ACTIVE:
         return status
     beat = parse_time(record.heartbeat_at or record.created_at)
-    interval = float(record.heartbeat_seconds or HEARTBEAT_SECONDS)
+    interval = float(record.heartbeat_seconds or heartbeat_seconds())
     at = at or dt.datetime.now(dt.UTC)
     grace = STALE_AFTER_BEATS * interval + 2
     if status == "queued":  # the launched process may take a while to import and take over

@@ -193,3 +193,27 @@ def test_every_field_has_a_description():
 def test_identity_values_never_become_paths(project, patch, message):
     with pytest.raises(ConfigError, match=message):
         resolve(patches=[patch], project_dir=project)
+
+
+def test_duplicate_keys_name_the_key_and_both_lines(project, tmp_path):
+    layer = tmp_path / "dup.yaml"
+    layer.write_text("optimize:\n  weights:\n    margin: 1\n  weights:\n    margin: 2\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'weights' \(lines 2 and 4\)") as err:
+        resolve(configs=[str(layer)], patches=["country=US"])
+    assert str(layer) in str(err.value)
+
+
+@pytest.mark.parametrize("depth", [33, 5000])
+def test_deep_nesting_is_one_line_not_a_recursion_error(depth):
+    text = "[" * depth + "]" * depth
+    with pytest.raises(ConfigError, match="nested deeper than 32 levels") as err:
+        load_yaml_text(text, "deep.yaml")
+    assert len(str(err.value).splitlines()) == 2
+    with pytest.raises(ConfigError, match="nested deeper than 32 levels"):
+        parse_patch(f"optimize.weights={text}")
+
+
+@pytest.mark.parametrize("period", ["２０２６-１１", "٢٠٢٦-١١", "2026-1１"])
+def test_periods_in_other_digits_are_refused(project, period):
+    with pytest.raises(ConfigError, match=r"period: must be a month as YYYY-MM"):
+        resolve(patches=["country=US", f"period={period}"])
