@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow
 import pyarrow.parquet as pq
 
 from toolkit.data import storage
@@ -162,6 +163,10 @@ def validate(
     raise ContractError(report, report_url)
 
 
+class UnreadableTable(ValueError):
+    """A file that should hold a table cannot be read as one (the message names it)."""
+
+
 def read(url: str, contract, *, report_dir: str | None = None) -> pd.DataFrame:
     """Read a Parquet table and check it against its contract."""
     df = read_unchecked(url)
@@ -176,6 +181,8 @@ def read_unchecked(url: str) -> pd.DataFrame:
             return pq.read_table(fh).to_pandas()
     except FileNotFoundError:
         raise FileNotFoundError(f"no table at {url}") from None
+    except pyarrow.ArrowException as exc:  # empty, truncated, or not Parquet at all
+        raise UnreadableTable(f"{url} is not a readable Parquet table: {exc}") from None
 
 
 def write(df: pd.DataFrame, url: str, contract) -> pd.DataFrame:

@@ -10,6 +10,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
@@ -40,7 +41,7 @@ class RawSales(_Contract):
     """Daily sales per product, as delivered by the source system (one file per market)."""
 
     date: Series[pd.Timestamp] = pa.Field(description="Sales day.")
-    product_id: Series[str] = pa.Field(str_matches=r"^P[0-9]+$", description="Product key.")
+    product_id: Series[str] = pa.Field(str_matches=r"^P[0-9]+\Z", description="Product key.")
     units: Series[int] = pa.Field(ge=0, description="Units sold that day.")
     unit_price: Series[float] = pa.Field(gt=0, description="Shelf price paid that day.")
     promo: Series[bool] = pa.Field(description="Whether the product was on promotion.")
@@ -48,16 +49,32 @@ class RawSales(_Contract):
     class Config:
         unique = ["date", "product_id"]
 
+    @pa.check("unit_price", description="finite")
+    def finite_price(cls, price: Series[float]) -> Series[bool]:
+        return np.isfinite(price)
+
+    @pa.dataframe_check(description="at least one row")
+    def not_empty(cls, df: pd.DataFrame) -> bool:
+        return len(df) > 0
+
 
 class Catalog(_Contract):
     """Product master data of one market: current list price and unit cost."""
 
-    product_id: Series[str] = pa.Field(unique=True, str_matches=r"^P[0-9]+$", description="Key.")
+    product_id: Series[str] = pa.Field(unique=True, str_matches=r"^P[0-9]+\Z", description="Key.")
     product_name: Series[str] = pa.Field(str_length={"min_value": 1}, description="Display name.")
-    category: Series[str] = pa.Field(str_matches=r"^[a-z][a-z0-9_]*$", description="Category.")
+    category: Series[str] = pa.Field(str_matches=r"^[a-z][a-z0-9_]*\Z", description="Category.")
     list_price: Series[float] = pa.Field(gt=0, description="Current list price.")
     unit_cost: Series[float] = pa.Field(gt=0, description="Cost of one unit.")
-    currency: Series[str] = pa.Field(str_matches=r"^[A-Z]{3}$", description="ISO currency.")
+    currency: Series[str] = pa.Field(str_matches=r"^[A-Z]{3}\Z", description="ISO currency.")
+
+    @pa.check("list_price", "unit_cost", description="finite")
+    def finite_money(cls, amount: Series[float]) -> Series[bool]:
+        return np.isfinite(amount)
+
+    @pa.dataframe_check(description="at least one row")
+    def not_empty(cls, df: pd.DataFrame) -> bool:
+        return len(df) > 0
 
     @pa.dataframe_check(description="unit cost is below list price")
     def cost_below_price(cls, df: pd.DataFrame) -> Series[bool]:
@@ -184,12 +201,12 @@ class Export(_Contract):
         str_matches=r"^[0-9a-f]{32}$",
         description="Hash of the recommendations and their scope; their delivery's key.",
     )
-    market: Series[str] = pa.Field(str_matches=r"^[A-Z]{2}$", description="Market code.")
-    period: Series[str] = pa.Field(str_matches=r"^[0-9]{4}-[0-9]{2}$", description="Month.")
+    market: Series[str] = pa.Field(str_matches=r"^[A-Z]{2}\Z", description="Market code.")
+    period: Series[str] = pa.Field(str_matches=r"^[0-9]{4}-[0-9]{2}\Z", description="Month.")
     product_id: Series[str] = pa.Field(unique=True, description="Product key.")
     product_name: Series[str] = pa.Field(description="Display name.")
     category: Series[str] = pa.Field(description="Product category.")
-    currency: Series[str] = pa.Field(str_matches=r"^[A-Z]{3}$", description="ISO currency.")
+    currency: Series[str] = pa.Field(str_matches=r"^[A-Z]{3}\Z", description="ISO currency.")
     current_price: Series[float] = pa.Field(gt=0, description="Price today.")
     recommended_price: Series[float] = pa.Field(gt=0, description="Price to set.")
     change_pct: Series[float] = pa.Field(gt=-100, le=100, description="Change in percent.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -78,3 +79,67 @@ def test_join_refuses_to_climb():
         storage.join("s3://b/p", "../q")
     with pytest.raises(ValueError):
         storage.join("s3://b/p", "/etc")
+
+
+def test_raw_contracts_refuse_infinite_prices_and_codes_with_a_trailing_newline():
+    sales = pd.DataFrame(
+        {
+            "date": pd.to_datetime(["2026-01-05", "2026-01-06"]),
+            "product_id": ["P1", "P1\n"],
+            "units": [1, 2],
+            "unit_price": [2.5, np.inf],
+            "promo": [False, False],
+        }
+    )
+    with pytest.raises(io.ContractError) as err:
+        io.validate(sales, schemas.RawSales, url="raw/sales.parquet", stage="read")
+    message = str(err.value)
+    assert "column 'unit_price', check finite_price" in message
+    assert "column 'product_id'" in message and "'P1\\n'" in message
+
+
+def test_a_catalog_category_with_a_trailing_newline_is_not_a_new_category():
+    catalog = pd.DataFrame(
+        {
+            "product_id": ["P1"],
+            "product_name": ["Ball"],
+            "category": ["toys\n"],
+            "list_price": [9.0],
+            "unit_cost": [4.0],
+            "currency": ["EUR"],
+        }
+    )
+    with pytest.raises(io.ContractError, match=r"column 'category'.*'toys\\n'"):
+        io.validate(catalog, schemas.Catalog, url="raw/catalog.parquet", stage="read")
+
+
+def test_an_empty_raw_table_says_it_has_no_rows(tmp_path):
+    url = str(tmp_path / "sales.parquet")
+    empty = pd.DataFrame(
+        {
+            "date": pd.to_datetime([]),
+            "product_id": pd.Series([], dtype=str),
+            "units": pd.Series([], dtype=int),
+            "unit_price": pd.Series([], dtype=float),
+            "promo": pd.Series([], dtype=bool),
+        }
+    )
+    empty.to_parquet(url)
+    with pytest.raises(io.ContractError, match=r"(?s)sales\.parquet \(0 rows\).*at least one row"):
+        io.read(url, schemas.RawSales)
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1", b"not parquet at all, just text\n"])
+def test_an_unreadable_table_is_named_with_its_path(tmp_path, content):
+    path = tmp_path / "sales.parquet"
+    path.write_bytes(content)
+    with pytest.raises(io.UnreadableTable, match=rf"^{path} is not a readable Parquet table"):
+        io.read(str(path), schemas.RawSales)
+
+
+def test_a_truncated_table_is_named_with_its_path(tmp_path):
+    path = tmp_path / "catalog.parquet"
+    pd.DataFrame({"a": range(1000)}).to_parquet(path)
+    path.write_bytes(path.read_bytes()[:-300])
+    with pytest.raises(io.UnreadableTable, match=rf"^{path} is not a readable Parquet table"):
+        io.read_unchecked(str(path))

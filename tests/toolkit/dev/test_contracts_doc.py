@@ -28,7 +28,7 @@ def test_checks_are_described_in_words():
     text = contracts_doc.render()
     assert "| `week` | datetime | no | weeks start on Monday |" in text
     assert "| `promo_share` | float64 | no | >= 0; <= 1 |" in text
-    assert "| `product_id` | string | no | unique; matches `^P\\d+$` | Key. |" in text
+    assert "| `product_id` | string | no | unique; matches `^P[0-9]+\\Z` | Key. |" in text
     assert "`cost_below_price`: unit cost is below list price." in text
     assert "Each combination of `product_id`, `week` appears once." in text
     assert "Columns appear in exactly this order." in text  # Export
