@@ -81,14 +81,24 @@ def code_fingerprint(source: str) -> str:
 
 
 def file_fingerprint(url: str) -> str:
-    """Cheap identity of a stored file: its ETag or checksum, size and modification time."""
+    """Identity of a stored file's content, so rewriting the same bytes changes nothing.
+
+    The store's own content checksum where it keeps one (S3's ETag, the MD5 of a single
+    PUT; GCS's md5Hash), else a SHA-256 of the bytes.
+    """
     fs, path = storage.filesystem(url)
     try:
         info = fs.info(path)
     except FileNotFoundError:
         return "missing"
-    keys = ("ETag", "etag", "md5Hash", "size", "mtime", "LastModified", "last_modified")
-    return _sha(json.dumps({k: str(info[k]) for k in keys if k in info}, sort_keys=True))
+    for key in ("ETag", "md5Hash"):
+        if info.get(key):
+            return f"{key}:{str(info[key]).strip(chr(34))}"
+    digest = hashlib.sha256()
+    with storage.open_url(url, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def step_key(

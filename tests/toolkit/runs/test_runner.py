@@ -558,3 +558,12 @@ def test_an_endpoint_outside_the_allow_list_fails_the_run_before_its_steps(tmp_p
     record = record_of(root, run_id_from(result.stdout))
     assert record.status == "failed" and record.steps == {}
     assert record.delivery.status == "failed" and record.delivery.endpoint == endpoint
+
+
+def test_identical_raw_files_rewritten_reuse_every_step(baseline):
+    root, _ = baseline
+    demo_data.write(["US"], n_products=30, root=root)  # the same bytes, new time stamps
+    result = toolkit(["run"], toolkit_env(root))
+    record = record_of(root, run_id_from(result.stdout))
+    assert record.status == "succeeded"
+    assert all(step.reused for step in record.steps.values()), record.steps
