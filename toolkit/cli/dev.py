@@ -162,6 +162,8 @@ def validate_command(url, name) -> None:
         sys.exit(1)
     except FileNotFoundError:
         _fail(f"cannot read {storage.describe(url)}: no such file", 2)
+    except io.UnreadableTable as exc:  # empty, truncated, not Parquet: it names the file
+        _fail(str(exc), 2)
     except (OSError, pyarrow.ArrowException) as exc:
         # StorageError (network, permissions), a directory, or not a Parquet file.
         _fail(f"cannot read {storage.describe(url)}: {exc}", 2)
