@@ -99,3 +99,39 @@ def s3_env(s3_server):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture
+def stalling_s3(s3_server, monkeypatch, request):
+    """A fresh bucket on the moto server behind a proxy the test can pause (storage that
+    accepts connections and never answers) and resume: a ``faults.StallingS3`` with
+    ``root``, ``env``, ``endpoint``, ``pause()``, ``resume()``. The root, credentials and
+    endpoint are set in this process; the proxy stops with the test."""
+    import boto3
+    import fsspec
+    from faults import StallingProxy, StallingS3
+
+    bucket = "stall-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    bucket = "".join(c for c in bucket if c.isalnum() or c == "-").strip("-")
+    boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=bucket)
+    with StallingProxy(s3_server) as proxy:
+        env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": proxy.url,
+        }
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)  # would win over the proxy
+        root = f"s3://{bucket}/prefix"
+        monkeypatch.setenv("TOOLKIT_ROOT", root)
+        fsspec.AbstractFileSystem.clear_instance_cache()
+        yield StallingS3(root, env, proxy)
+        proxy.resume()  # let clients that still wait on it finish before it closes

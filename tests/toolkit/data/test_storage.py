@@ -20,7 +20,7 @@ def test_s3_options_have_timeouts_retries_and_endpoint(monkeypatch):
     monkeypatch.setenv("AWS_REGION", "eu-north-1")
     options = storage.s3_options()
     assert options["config_kwargs"]["connect_timeout"] > 0
-    assert options["config_kwargs"]["retries"]["max_attempts"] >= 1
+    assert options["config_kwargs"]["retries"]["total_max_attempts"] >= 1
     assert options["client_kwargs"] == {
         "endpoint_url": "http://127.0.0.1:9000",
         "region_name": "eu-north-1",
