@@ -4,6 +4,8 @@ import pytest
 from helpers import toolkit, toolkit_env
 
 from toolkit import settings
+from toolkit.data import storage
+from toolkit.runs import store as runs
 
 
 @pytest.mark.parametrize("raw", ["abc", "0", "-1", "nan", "inf"])
@@ -35,4 +37,31 @@ def test_a_bad_knob_is_one_line_from_the_command(local_root):
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "toolkit: TOOLKIT_HEARTBEAT_SECONDS='abc': expected a positive number of seconds, such as 5"
+    )
+
+
+@pytest.mark.parametrize(
+    "name, read",
+    [
+        ("TOOLKIT_STORAGE_CONNECT_TIMEOUT", storage.connect_timeout),
+        ("TOOLKIT_STORAGE_READ_TIMEOUT", storage.read_timeout),
+        ("TOOLKIT_STORAGE_MAX_ATTEMPTS", storage.max_attempts),
+        ("TOOLKIT_HEARTBEAT_SECONDS", runs.heartbeat_seconds),
+    ],
+)
+def test_every_numeric_knob_is_read_through_settings(monkeypatch, name, read):
+    monkeypatch.setenv(name, "-2")
+    with pytest.raises(settings.SettingError, match=f"^{name}='-2': expected a "):
+        read()
+    monkeypatch.setenv(name, "2")
+    assert read() == 2
+
+
+def test_a_bad_storage_knob_is_one_line_before_any_request():
+    env = toolkit_env("s3://bucket/prefix", TOOLKIT_STORAGE_READ_TIMEOUT="soon")
+    result = toolkit(["runs", "list"], env, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "toolkit: TOOLKIT_STORAGE_READ_TIMEOUT='soon': expected a positive number of seconds, "
+        "such as 5"
     )

@@ -18,7 +18,13 @@ that is reset, not restarted:
   killed, by ipykernel's own parent polling;
 * kernels run BLAS/OpenMP with one thread unless the operator exported a count;
 * kernels talk over Unix sockets in a private folder (``transport = "ipc"``): no TCP port
-  to race other kernels for, no "running over TCP without encryption" warning.
+  to race other kernels for, no "running over TCP without encryption" warning;
+* within ``limited(seconds, memory_mb)`` (``toolkit run`` wraps each step in it), the
+  notebooks a thread executes get that many seconds in all, not per cell, and that much
+  resident memory: a watcher thread samples the kernel and stops it (interrupted then
+  killed when out of time, killed when over memory); its notebook fails, and the kernel
+  is never kept. ``ploomber build`` has only nbclient's per-cell ``execution_timeout``:
+  nbclient gives a kernel manager nothing of the notebook's settings to find a limit by.
 
 ``execution.kernel: fresh`` (``reuse(False)``) gives each notebook a kernel of its own,
 still over IPC.
@@ -28,13 +34,15 @@ from __future__ import annotations
 
 import ast
 import atexit
+import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
+from collections.abc import Iterator
 
+import psutil
 from jupyter_client import AsyncKernelClient, AsyncKernelManager
 from jupyter_core.utils import run_sync
 
@@ -43,10 +51,13 @@ from toolkit import tempdirs
 __all__ = [
     "MAX_IDLE",
     "KeptClient",
+    "LimitExceeded",
+    "Limits",
     "ReusedKernelManager",
     "THREAD_VARIABLES",
     "close_idle",
     "kernel_environment",
+    "limited",
     "live_kernels",
     "reuse",
     "shutdown_all",
@@ -66,10 +77,14 @@ THREAD_VARIABLES = (
 STARTUP_SECONDS = 60.0
 QUIET_SECONDS = 2.0  # how long a kernel may take to answer once its notebook ended
 RESET_SECONDS = 30.0
+SAMPLE_SECONDS = 0.25  # how often a limited notebook's kernel is checked
+INTERRUPT_GRACE_SECONDS = 2.0  # how long an interrupted kernel has to stop before the kill
 
 _lock = threading.Lock()
 _idle: list[_Kernel] = []
 _busy: set[_Kernel] = set()
+_limits: dict[int, Limits] = {}  # thread -> the limits of the notebooks it executes
+_watcher: threading.Thread | None = None
 _reuse = True
 _atexit_registered = False
 
@@ -125,6 +140,110 @@ def kernel_environment() -> dict[str, str]:
     return env
 
 
+class LimitExceeded(RuntimeError):
+    """A notebook was to start after its thread's time limit had passed."""
+
+
+class Limits:
+    """What the notebooks of one thread may use while ``limited`` applies; ``exceeded``
+    says which limit stopped one ("time", "memory")."""
+
+    def __init__(self, seconds: float | None, memory_mb: int | None):
+        self.seconds = seconds
+        self.memory_mb = memory_mb
+        self.deadline = time.monotonic() + seconds if seconds else None
+        self.exceeded: str | None = None
+        self._kernel: _Kernel | None = None  # executing a notebook of this thread now
+        self._kill_at: float | None = None  # when an interrupted kernel is killed
+
+    def check_start(self) -> None:
+        """``LimitExceeded`` when the time is up before a notebook even starts."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.exceeded = "time"
+            raise LimitExceeded(f"the time limit of {self.seconds} s passed before a notebook")
+
+    def attach(self, kernel: _Kernel) -> None:
+        """``kernel`` starts executing a notebook of this thread."""
+        self._kernel = kernel
+
+    def detach(self, kernel: _Kernel) -> None:
+        """``kernel``'s notebook ended: it is no longer this thread's to watch."""
+        if self._kernel is kernel:
+            self._kernel = None
+
+    def check(self) -> None:
+        """Stop the executing kernel if it is over a limit (the watcher, every sample)."""
+        kernel = self._kernel
+        if kernel is None:
+            return
+        if self.exceeded is None:
+            if self.memory_mb and kernel.resident_bytes() > self.memory_mb * 2**20:
+                self._stop(kernel, "memory")
+            elif self.deadline is not None and time.monotonic() >= self.deadline:
+                self._stop(kernel, "time")
+        elif self._kill_at is not None and time.monotonic() >= self._kill_at:
+            self._kill_at = None
+            kernel.terminate()  # the interrupted cell goes on
+
+    def _stop(self, kernel: _Kernel, reason: str) -> None:
+        """Stop the kernel; its notebook fails with an interrupted cell or a dead kernel."""
+        self.exceeded = reason
+        kernel.condemned = True  # whatever it left, it is not kept for another notebook
+        _log.warning("notebook over its %s limit: stopping its kernel", reason)
+        if reason == "time":
+            # An interrupted cell shows, in the partial notebook, where the time went;
+            # nbclient's clean-up then closes the kernel, or the watcher kills it.
+            kernel.interrupt()
+            self._kill_at = time.monotonic() + INTERRUPT_GRACE_SECONDS
+        else:
+            kernel.terminate()
+
+
+@contextlib.contextmanager
+def limited(seconds: float | None = None, memory_mb: int | None = None) -> Iterator[Limits]:
+    """Limit the notebooks this thread executes within the block: ``seconds`` in all from
+    now (the whole notebook, not each cell) and ``memory_mb`` of resident memory (the kernel
+    process and its children, the libraries it has loaded included).
+
+    Over a limit the kernel is stopped (interrupted, then killed if it goes on, when out of
+    time; killed when over memory), its notebook fails and the kernel is never kept; the
+    yielded ``Limits.exceeded`` says which limit it was. One watcher thread per process
+    checks every ``SAMPLE_SECONDS``. Resident memory is sampled, not capped: an
+    address-space cap (``setrlimit``) would count the virtual memory that BLAS, Arrow and
+    the Python allocators reserve but never touch.
+    """
+    global _watcher
+    limits = Limits(seconds, memory_mb)
+    thread = threading.get_ident()
+    with _lock:
+        _limits[thread] = limits
+        if _watcher is None:
+            _watcher = threading.Thread(target=_watch, name="toolkit-limits", daemon=True)
+            _watcher.start()
+    try:
+        yield limits
+    finally:
+        with _lock:
+            _limits.pop(thread, None)
+
+
+def _watch() -> None:
+    while True:
+        time.sleep(SAMPLE_SECONDS)
+        with _lock:
+            watched = list(_limits.values())
+        for limits in watched:
+            try:
+                limits.check()
+            except Exception:  # the watcher must outlive any one kernel's trouble
+                _log.exception("checking a notebook's limits")
+
+
+def _limits_of_this_thread() -> Limits | None:
+    with _lock:
+        return _limits.get(threading.get_ident())
+
+
 class KeptClient(AsyncKernelClient):
     """A kernel client that stays connected while its kernel is kept for the next notebook.
 
@@ -156,12 +275,14 @@ class _Kernel:
         self.client: KeptClient | None = None
         self.thread = threading.get_ident()
         self.own_env: dict[str, str] = {}  # what the kernel adds to its environment itself
+        self.pid: int | None = None  # the process that runs the code, as it said itself
+        self.condemned = False  # stopped over a limit: never kept
 
     @classmethod
     async def start(cls, kernel_name: str, **start_args) -> _Kernel:
         # Sockets and connection file in one private folder named after this process, so
         # the next process can tell what a killed one left behind.
-        folder = str(tempdirs.make("kernel", _kernels_folder()))
+        folder = str(tempdirs.make("kernel", short=True))
         options: dict = {
             "kernel_name": kernel_name,
             "client_class": f"{__name__}.KeptClient",
@@ -177,14 +298,19 @@ class _Kernel:
             kernel.client.start_channels()
             await kernel.client.wait_for_ready(timeout=STARTUP_SECONDS)
             kernel.client.kept = True  # ready: nbclient need not wait for it again
-            expressions = {"env": "dict(__import__('os').environ)"}
+            expressions = {
+                "env": "dict(__import__('os').environ)",
+                "pid": "__import__('os').getpid()",
+            }
             reply = await kernel._request("", STARTUP_SECONDS, expressions)
             if reply is None:
                 raise RuntimeError(f"kernel {kernel_name!r} did not answer once started")
-            found = reply["content"]["user_expressions"]["env"]["data"]["text/plain"]
-            kernel.own_env = {
-                k: v for k, v in ast.literal_eval(found).items() if k not in launched_with
+            found = {
+                name: ast.literal_eval(value["data"]["text/plain"])
+                for name, value in reply["content"]["user_expressions"].items()
             }
+            kernel.own_env = {k: v for k, v in found["env"].items() if k not in launched_with}
+            kernel.pid = found["pid"]
         except BaseException:
             await kernel.close()
             raise
@@ -232,6 +358,19 @@ class _Kernel:
     async def alive(self) -> bool:
         return await self.manager.is_alive()
 
+    def resident_bytes(self) -> int:
+        """Resident memory of the kernel process and its children (0 once it is gone)."""
+        try:
+            process = psutil.Process(self.pid)
+            family = [process, *process.children(recursive=True)]
+        except (psutil.Error, ValueError):  # gone, or no pid yet
+            return 0
+        total = 0
+        for member in family:
+            with contextlib.suppress(psutil.Error):  # a child that ended meanwhile
+                total += member.memory_info().rss
+        return total
+
     async def close(self) -> None:
         """Kill the process now, disconnect, remove its sockets and connection file."""
         if self.client is not None:
@@ -247,12 +386,23 @@ class _Kernel:
             if self.folder:
                 shutil.rmtree(self.folder, ignore_errors=True)
 
+    def interrupt(self) -> None:
+        """Interrupt the running cell, from any thread."""
+        try:
+            run_sync(self.manager.interrupt_kernel)()
+        except Exception as exc:  # already gone
+            _log.debug("kernel interrupt: %s", exc)
+
     def terminate(self) -> None:
-        """Kill the process from any thread; its client stays for its own thread to close."""
+        """Kill the process from any thread and remove its sockets and connection file; its
+        client stays for its own thread to close (the process may end before it does)."""
         try:
             run_sync(self.manager.shutdown_kernel)(now=True)
         except Exception as exc:  # already gone
             _log.debug("kernel terminate: %s", exc)
+        finally:
+            if self.folder:
+                shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class ReusedKernelManager(AsyncKernelManager):
@@ -273,10 +423,17 @@ class ReusedKernelManager(AsyncKernelManager):
     async def start_kernel(self, **kwargs) -> None:
         global _atexit_registered
         cwd = kwargs.get("cwd") or os.getcwd()
+        limits = _limits_of_this_thread()
+        if limits is not None:
+            limits.check_start()  # before a kernel is taken: nbclient cleans up no failed start
         kernel = _take_idle(self.kernel_name)
-        if kernel is not None and not (await kernel.alive() and await kernel.reset(cwd)):
-            _log.info("kept kernel did not reset: starting a new one")
+        if kernel is not None and (
+            kernel.condemned or not (await kernel.alive() and await kernel.reset(cwd))
+        ):
+            _log.info("kept kernel stopped or did not reset: starting a new one")
             await kernel.close()
+            with _lock:
+                _busy.discard(kernel)
             kernel = None
         if kernel is None:
             kernel = await _Kernel.start(self.kernel_name, **kwargs)
@@ -289,6 +446,8 @@ class ReusedKernelManager(AsyncKernelManager):
                 atexit.register(shutdown_all)
                 _atexit_registered = True
         self.kernel = kernel
+        if limits is not None:
+            limits.attach(kernel)
 
     def client(self, **kwargs) -> KeptClient:
         return self.kernel.client
@@ -305,9 +464,8 @@ class ReusedKernelManager(AsyncKernelManager):
         kernel, self.kernel = self.kernel, None
         if kernel is None:
             return
-        with _lock:
-            _busy.discard(kernel)
-        keep = _reuse and not self.interrupted and kernel.client is not None
+        _end_notebook(kernel)
+        keep = _reuse and not (self.interrupted or kernel.condemned) and kernel.client is not None
         if keep and await kernel.quiet():
             kernel.client.kept = True
             for old in _release(kernel):
@@ -320,14 +478,17 @@ class ReusedKernelManager(AsyncKernelManager):
         # nbclient skips shutdown_kernel when the kernel died: drop what it left.
         if self.kernel is not None:
             kernel, self.kernel = self.kernel, None
-            with _lock:
-                _busy.discard(kernel)
+            _end_notebook(kernel)
             await kernel.close()
 
 
-def _kernels_folder() -> str | None:
-    # A Unix socket path must fit in about 100 bytes: a deep TMPDIR leaves no room.
-    return None if len(tempfile.gettempdir()) <= 60 else "/tmp"  # noqa: S108
+def _end_notebook(kernel: _Kernel) -> None:
+    """``kernel``'s notebook ended: it is no longer busy, nor watched."""
+    with _lock:
+        _busy.discard(kernel)
+        limits = _limits.get(kernel.thread)
+    if limits is not None:
+        limits.detach(kernel)
 
 
 def _take_idle(kernel_name: str) -> _Kernel | None:
@@ -337,7 +498,9 @@ def _take_idle(kernel_name: str) -> _Kernel | None:
     with _lock:
         for kernel in _idle:
             if kernel.thread == thread and kernel.manager.kernel_name == kernel_name:
+                # Busy from the moment it leaves the idle list, so shutdown_all sees it.
                 _idle.remove(kernel)
+                _busy.add(kernel)
                 return kernel
     return None
 

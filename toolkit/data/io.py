@@ -22,7 +22,16 @@ from toolkit.data import storage
 if TYPE_CHECKING:
     import pandera.pandas as pa
 
-__all__ = ["ContractError", "ValidationReport", "read", "validate", "write", "write_json"]
+__all__ = [
+    "ContractError",
+    "UnreadableTable",
+    "ValidationReport",
+    "read",
+    "read_unchecked",
+    "validate",
+    "write",
+    "write_json",
+]
 
 MAX_EXAMPLES = 5
 
@@ -51,7 +60,11 @@ class ValidationReport:
             f"{self.dataset} contract failed on {self.stage} of {self.url} ({self.n_rows} rows):"
         ]
         for f in self.failures:
-            examples = ", ".join(repr(v) for v in f["examples"])
+            rows = f.get("rows") or [None] * len(f["examples"])
+            examples = ", ".join(
+                repr(v) if row is None else f"{v!r} (row {row})"
+                for v, row in zip(f["examples"], rows, strict=True)
+            )
             about = f" ({f['description']})" if f.get("description") else ""
             where = "rows" if f["column"] == "<rows>" else f"column {f['column']!r}"
             lines.append(
@@ -93,15 +106,19 @@ def _summarise(exc, schema: pa.DataFrameSchema, name: str, url: str, stage: str,
         [cases["column"].fillna("<rows>").astype(str), cases["check"].astype(str)], sort=False
     ):
         if column == "<rows>":
-            rows = group["index"].dropna().drop_duplicates()
-            count = int(len(rows)) or 1
-            examples = [f"row {_plain(i)}" for i in rows.head(MAX_EXAMPLES)] or [
+            bad_rows = group["index"].dropna().drop_duplicates()
+            count = int(len(bad_rows)) or 1
+            examples = [f"row {_plain(i)}" for i in bad_rows.head(MAX_EXAMPLES)] or [
                 _plain(v) for v in group["failure_case"].head(MAX_EXAMPLES)
             ]
+            failure = {"column": column, "check": check, "count": count, "examples": examples}
         else:
-            count = int(len(group))
-            examples = [_plain(v) for v in group["failure_case"].head(MAX_EXAMPLES)]
-        failure = {"column": column, "check": check, "count": count, "examples": examples}
+            shown = group.head(MAX_EXAMPLES)
+            examples = [_plain(v) for v in shown["failure_case"]]
+            failure = {"column": column, "check": check, "count": len(group), "examples": examples}
+            rows = [_plain(i) for i in shown["index"]]  # None for a column-wide failure
+            if any(row is not None for row in rows):
+                failure["rows"] = rows  # where each example is, so it can be found and fixed
         if descriptions.get(check):
             failure["description"] = descriptions[check]
         failures.append(failure)
@@ -177,12 +194,19 @@ def read_unchecked(url: str) -> pd.DataFrame:
     """Read a Parquet table without checking it: only to show a step's published output,
     which passed its contract when ``write`` wrote it. Steps read with ``read``."""
     try:
-        with storage.open_url(str(url), "rb") as fh:
-            return pq.read_table(fh).to_pandas()
+        # Whole bytes through storage (its deadlines, its errors naming the endpoint), so
+        # whatever fails below is the content, never the network.
+        data = storage.read_bytes(str(url))
     except FileNotFoundError:
         raise FileNotFoundError(f"no table at {url}") from None
-    except pyarrow.ArrowException as exc:  # empty, truncated, or not Parquet at all
-        raise UnreadableTable(f"{url} is not a readable Parquet table: {exc}") from None
+    if not data:
+        raise UnreadableTable(f"{url} is empty (0 bytes), not a Parquet table")
+    try:
+        return pq.read_table(pyarrow.BufferReader(data)).to_pandas()
+    except (pyarrow.ArrowException, OSError) as exc:  # truncated, corrupt, not Parquet at all
+        # Arrow names its input '<Buffer>'; the URL says which file it is.
+        reason = str(exc).replace("Could not open Parquet input source '<Buffer>': ", "")
+        raise UnreadableTable(f"{url} is not a readable Parquet table: {reason}") from None
 
 
 def write(df: pd.DataFrame, url: str, contract) -> pd.DataFrame:

@@ -432,8 +432,6 @@ def _drive_threads(context: _Context, shared) -> None:
             if interrupts.count == seen:
                 continue
             seen = interrupts.count
-            if not interrupted and _route_cancel(list(active.values())):
-                continue
             if interrupted:
                 break  # a second Ctrl-C: leave now; the runs' heartbeats just stop
             # Ctrl-C: every run stops and records "interrupted"; the rest never start.
@@ -449,8 +447,8 @@ def _drive_threads(context: _Context, shared) -> None:
 class _CountedInterrupts:
     """While run loops are in threads, SIGINT is counted in the main thread, not raised.
 
-    Both Ctrl-C and a cancelled run's heartbeat (``_thread.interrupt_main``) arrive as
-    SIGINT. Raised as KeyboardInterrupt, it could surface anywhere in the main thread,
+    Ctrl-C arrives as SIGINT (a cancelled run's loop is stopped by its own executor, not
+    by a signal). Raised as KeyboardInterrupt, it could surface anywhere in the main thread,
     including in ``Thread.join``, which on CPython 3.11 then marks a live thread stopped
     (bpo-45274), and the shared cluster would close under its run.
     """
@@ -470,25 +468,6 @@ class _CountedInterrupts:
     def __exit__(self, *exc) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
-
-
-def _route_cancel(running: list[_Combination]) -> bool:
-    """Stop the runs ``toolkit runs cancel`` asked to stop; False when there are none.
-
-    A run's heartbeat reacts to a cancel marker with ``_thread.interrupt_main``: a SIGINT
-    for the main thread, not for the run's own: hand it on to that run's executor.
-    """
-    cancelled = []
-    for combination in running:
-        if combination.run_id and not combination.stop.is_set():
-            try:
-                if storage.exists(runs.run_url(combination.run_id, "cancel")):
-                    cancelled.append(combination)
-            except storage.StorageError:
-                continue
-    for combination in cancelled:
-        combination.stop.set()
-    return bool(cancelled)
 
 
 def _finish_interrupted(context: _Context) -> None:

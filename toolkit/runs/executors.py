@@ -22,7 +22,7 @@ from typing import Any
 from toolkit import tempdirs
 from toolkit.dag import pipeline
 from toolkit.data import storage
-from toolkit.runs import cache, store
+from toolkit.runs import cache, lease, store
 
 __all__ = [
     "SerialExecutor",
@@ -57,14 +57,17 @@ def execute_step(request: dict[str, Any]) -> dict[str, Any]:
 
     Args:
         request: ``root``, ``run_id``, ``step``, ``env`` (Ploomber env values), ``key``,
-            ``attempt``, ``timeout``, ``identity``, ``upstream`` (step -> product ->
-            URL of the published upstream outputs) and ``kernel`` ("reuse": kernels
-            kept between notebooks; "fresh": a new kernel per notebook).
+            ``attempt``, ``timeout`` (seconds for the whole notebook), ``memory_mb``
+            (resident memory of its kernel; 0 or absent: no limit), ``identity``,
+            ``upstream`` (step -> product -> URL of the published upstream outputs) and
+            ``kernel`` ("reuse": kernels kept between notebooks; "fresh": a new kernel per
+            notebook).
 
     Returns:
         ``status`` ("succeeded" or "failed") with ``outputs``/``url`` or ``error``,
         ``report`` (contract failures) and ``debug`` (URLs of the partial notebook and
-        reports kept under the run).
+        reports kept under the run); ``corrupt_upstream``, the upstream step whose
+        published object did not match its digest, when that is why it failed.
     """
     from toolkit.dag import kernels  # jupyter_client: a fully cached run need not load it
 
@@ -76,11 +79,21 @@ def execute_step(request: dict[str, Any]) -> dict[str, Any]:
         workspace = _workspace_of(request)
         dag, products = workspace.dag, workspace.products
         _log.info("step %s of run %s in %s", step, request["run_id"], workspace.folder)
-        _fetch(request["upstream"], products)
         try:
-            dag.build_partially(step, force=True, show_progress=False, skip_upstream=True)
-        except Exception as exc:  # the notebook's error, wrapped by Ploomber
-            return _failure(request, Path(products[step]["nb"]), exc, started)
+            _fetch(request["upstream"], products)
+        except cache.CorruptObject as exc:
+            return _corrupt_upstream(request, exc, started)
+        notebook = Path(products[step]["nb"])
+        # The whole notebook is bounded here; nbclient's per-cell timeout, set to the same
+        # number in the DAG's env, is only a backstop.
+        with kernels.limited(request["timeout"], request.get("memory_mb") or None) as limits:
+            try:
+                dag.build_partially(step, force=True, show_progress=False, skip_upstream=True)
+            except Exception as exc:  # the notebook's error, wrapped by Ploomber
+                return _failure(request, notebook, exc, started, _over_limit(request, limits))
+        if limits.exceeded:  # stopped, yet the notebook ended as if it had not
+            return _failure(request, notebook, None, started, _over_limit(request, limits))
+        _confirm_holder(request)
         hit = cache.publish(
             request["root"],
             request["identity"],
@@ -154,28 +167,68 @@ def _local_products(task) -> dict[str, str]:
 
 def _fetch(upstream: dict, local: dict) -> None:
     """Download each upstream output (step -> product -> URL) to its path in ``local``,
-    unless the step ran in this workspace and left it there."""
+    checked against its manifest's digest, unless the step ran in this workspace and
+    left it there. ``cache.CorruptObject`` when one does not match."""
     for step, urls in upstream.items():
-        for name, url in urls.items():
-            if not os.path.exists(local[step][name]):
-                storage.download_file(url, local[step][name])
+        wanted = {name: url for name, url in urls.items() if not os.path.exists(local[step][name])}
+        cache.fetch(wanted, {name: local[step][name] for name in wanted})
 
 
-def _failure(request, notebook: Path, exc, started) -> dict[str, Any]:
-    """Keep the partial notebook and contract reports under the run, never in the cache."""
+def _corrupt_upstream(request, exc: cache.CorruptObject, started) -> dict[str, Any]:
+    """A failed step that names the upstream step whose published object is corrupt
+    (``corrupt_upstream``): the run loop executes that step again, then this one."""
+    upstream = next(
+        step for step, urls in request["upstream"].items() if exc.damage.url in urls.values()
+    )
+    return {
+        "status": "failed",
+        "error": str(exc),
+        "corrupt_upstream": upstream,
+        "started_at": started,
+        "finished_at": store.now(),
+        "report": [],
+        "debug": {},
+    }
+
+
+def _confirm_holder(request: dict[str, Any]) -> None:
+    """``LeaseLost`` when another process took the run over while this step ran: a step
+    of a run this process no longer holds writes nothing."""
+    if "lease" in request:
+        lease.confirm(request["lease"])
+
+
+def _over_limit(request: dict[str, Any], limits) -> str | None:
+    """Why a step stopped over one of its limits failed (None: it was not stopped)."""
+    step = request["step"]
+    if limits.exceeded == "memory":
+        return f"step {step} used more than {request['memory_mb']} MB (execution.step_memory_mb)"
+    if limits.exceeded == "time":
+        return (
+            f"step {step} exceeded its time limit of {request['timeout']} s"
+            " (execution.step_timeout_seconds)"
+        )
+    return None
+
+
+def _failure(request, notebook: Path, exc, started, reason: str | None = None) -> dict[str, Any]:
+    """Keep the partial notebook and contract reports under the run, never in the cache.
+
+    ``reason``: why the step failed when the notebook's own error does not say (a limit)."""
+    _confirm_holder(request)
     import json
 
-    from toolkit.data import storage
     from toolkit.runs import store as runs
 
     folder = notebook.parent
     target = runs.run_url(
         request["run_id"], "steps", request["step"], request["attempt"], root=request["root"]
     )
-    debug, report = {}, []
+    debug, report, error = {}, [], None
     for path in sorted(folder.glob("*.failed.ipynb")) + sorted(folder.glob("*.ipynb")):
         debug.setdefault("notebook", storage.join(target, path.name))
         storage.upload_file(path, storage.join(target, path.name))
+        error = _notebook_error(path)
         break
     for path in sorted(folder.glob("*.validation.json")):
         storage.upload_file(path, storage.join(target, path.name))
@@ -183,13 +236,31 @@ def _failure(request, notebook: Path, exc, started) -> dict[str, Any]:
         report.append(json.loads(path.read_text()))
     return {
         "status": "failed",
-        "error": _root_cause(exc),
+        "error": reason or error or _root_cause(exc),
         "report": report,
         "debug": debug,
-        "traceback": "".join(traceback.format_exception(exc, limit=4))[-4000:],
+        "traceback": "".join(traceback.format_exception(exc, limit=4))[-4000:] if exc else None,
         "started_at": started,
         "finished_at": runs.now(),
     }
+
+
+def _notebook_error(notebook: Path) -> str | None:
+    """The error of the cell papermill marked as raising, as ``Name: value``: what the step
+    said, without Ploomber's report and the notebook's traceback around it. None when no
+    cell raised (a cell timeout or a dead kernel leave no such mark)."""
+    import json
+
+    try:
+        cells = json.loads(notebook.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return None
+    for cell in cells:
+        if cell.get("metadata", {}).get("papermill", {}).get("exception"):
+            for output in cell.get("outputs", []):
+                if output.get("output_type") == "error":
+                    return f"{output['ename']}: {output['evalue']}"[-3000:]
+    return None
 
 
 def _root_cause(exc: BaseException) -> str:

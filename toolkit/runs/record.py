@@ -6,15 +6,22 @@ keeps the keys the untyped record had, plus ``schema_version``:
 
 * version 1: records written before this model (no ``schema_version`` key); same shape.
 * version 2: ``schema_version`` written; every field below.
+* version 3: the URLs of the run's files (``config_url``; each step's ``outputs``, ``url``
+  and ``debug`` notebook and reports) are stored relative to the storage root
+  (``cache/market=US/...``), so a store copied or synced elsewhere still reads.
 
-A stored record without ``schema_version`` is read as version 1 (``parse``/``migrate``:
-nothing to convert so far); a new record is the current version, and ``save`` always
-writes the current version.
+A stored record without ``schema_version`` is read as version 1. ``parse`` brings any
+version to the current shape (``migrate``: versions 1 and 2 pinned absolute URLs; those
+under the record's own ``root`` become relative, others stay as they are), then resolves
+the relative URLs against the root the record was read from: in memory a record always
+holds full URLs, and its ``root`` is where it was read. ``to_json`` makes them relative
+again; ``save`` always writes the current version.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -29,12 +36,15 @@ __all__ = [
     "RunStatus",
     "StepRecord",
     "StepStatus",
+    "absolute_url",
     "describe_errors",
+    "map_urls",
     "migrate",
     "parse",
+    "relative_url",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 StepStatus = Literal["running", "succeeded", "reused", "failed", "cancelled", "interrupted"]
@@ -129,6 +139,12 @@ class RunRecord(_Model):
     host: str | None = Field(None, description="Machine of the run process.")
     launched_from: str | None = Field(None, description="'app' when the app queued it.")
     backfill: str | None = Field(None, description="The backfill that started the run.")
+    queue_entry: str | None = Field(
+        None, description="Its entry under queue/pending while it waits for a worker."
+    )
+    schedule: dict[str, str] | None = Field(
+        None, description="The schedule that submitted it: name, fire time, run_as."
+    )
     created_at: Timestamp
     updated_at: Timestamp | None = Field(None, description="Last save.")
     heartbeat_at: Timestamp | None = None
@@ -137,7 +153,10 @@ class RunRecord(_Model):
     finished_at: Timestamp | None = None
     resumed: list[Timestamp] = Field(default_factory=list, description="Each resume's time.")
     pid: int | None = Field(None, description="The run process.")
-    root: str = Field(description="Storage root the run wrote under.")
+    root: str = Field(
+        description="Storage root: as stored, where the record was written; as read, where "
+        "it was read from (its relative URLs resolve against it)."
+    )
     inputs: RunInputs = Field(default_factory=RunInputs)
     config: dict[str, Any] = Field(default_factory=dict, description="Effective config.")
     origins: dict[str, str] = Field(default_factory=dict, description="Config key -> layer.")
@@ -167,9 +186,12 @@ class RunRecord(_Model):
             error=error,
         )
 
-    def to_json(self) -> dict[str, Any]:
-        """The record as stored: plain JSON types, the current ``schema_version``."""
-        return {**self.model_dump(mode="json"), "schema_version": SCHEMA_VERSION}
+    def to_json(self, root: str | None = None) -> dict[str, Any]:
+        """The record as stored: plain JSON types, the current ``schema_version``, and the
+        URLs under ``root`` (default: its own) relative to it."""
+        base = root or self.root
+        data = {**self.model_dump(mode="json"), "schema_version": SCHEMA_VERSION, "root": base}
+        return map_urls(data, lambda url: relative_url(base, url))
 
 
 class RecordInvalid(ValueError):
@@ -190,16 +212,79 @@ def describe_errors(exc: ValidationError, limit: int = 5) -> str:
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
     """A stored record brought to the current shape (its ``schema_version`` kept)."""
     if "schema_version" not in data:
-        # Version 1, written before the model: the same keys, nothing to convert.
+        # Version 1, written before the model: the same keys as version 2.
         data = {**data, "schema_version": 1}
+    version = data["schema_version"]
+    if isinstance(version, int) and version < 3 and isinstance(data.get("root"), str):
+        # Versions 1 and 2 pinned absolute URLs: those under the run's root become relative.
+        data = map_urls(data, lambda url: relative_url(data["root"], url))
     return data
 
 
-def parse(data: Any, where: str) -> RunRecord:
-    """A ``RunRecord`` from a stored record's JSON; ``RecordInvalid`` naming ``where``."""
+def parse(data: Any, where: str, root: str | None = None) -> RunRecord:
+    """A ``RunRecord`` from a stored record's JSON, its relative URLs resolved against
+    ``root`` (where it was read; default: the root it names); ``RecordInvalid`` naming
+    ``where``."""
     if not isinstance(data, dict):
         raise RecordInvalid(f"run record {where} is not a JSON object")
+    data = migrate(data)
+    base = root or data.get("root")
+    if isinstance(base, str) and base:
+        data = map_urls({**data, "root": base}, lambda url: absolute_url(base, url))
     try:
-        return RunRecord.model_validate(migrate(data))
+        return RunRecord.model_validate(data)
     except ValidationError as exc:
         raise RecordInvalid(f"run record {where} is invalid: {describe_errors(exc)}") from None
+
+
+# ---------------------------------------------------------------------------
+# URLs relative to the storage root
+# ---------------------------------------------------------------------------
+
+
+def relative_url(root: str, url: str) -> str:
+    """``url`` relative to ``root`` when it is under it, else ``url`` unchanged."""
+    base = root.rstrip("/") + "/"
+    return url[len(base) :] if root and url.startswith(base) else url
+
+
+def absolute_url(root: str, url: str) -> str:
+    """A relative ``url`` resolved against ``root``; a full URL or path unchanged."""
+    if "://" in url or url.startswith("/") or not root:
+        return url
+    return f"{root.rstrip('/')}/{url}"
+
+
+def map_urls(data: dict[str, Any], change: Callable[[str], str]) -> dict[str, Any]:
+    """A record's JSON with ``change`` applied to every URL of the run's files.
+
+    Values of the wrong type are left for validation to name.
+    """
+    data = dict(data)
+    if isinstance(data.get("config_url"), str):
+        data["config_url"] = change(data["config_url"])
+    steps = data.get("steps")
+    if isinstance(steps, dict):
+        data["steps"] = {
+            name: _map_step_urls(step, change) if isinstance(step, dict) else step
+            for name, step in steps.items()
+        }
+    return data
+
+
+def _map_step_urls(step: dict[str, Any], change: Callable[[str], str]) -> dict[str, Any]:
+    step = dict(step)
+    if isinstance(step.get("url"), str):
+        step["url"] = change(step["url"])
+    outputs = step.get("outputs")
+    if isinstance(outputs, dict):
+        step["outputs"] = {k: change(v) if isinstance(v, str) else v for k, v in outputs.items()}
+    debug = step.get("debug")
+    if isinstance(debug, dict):
+        debug = dict(debug)
+        if isinstance(debug.get("notebook"), str):
+            debug["notebook"] = change(debug["notebook"])
+        if isinstance(debug.get("reports"), list):
+            debug["reports"] = [change(u) if isinstance(u, str) else u for u in debug["reports"]]
+        step["debug"] = debug
+    return step

@@ -3,6 +3,11 @@
 ``toolkit run`` lands here. The DAG comes from the same ``pipeline.yaml`` as ``ploomber
 build``; the effective config is frozen as ``runs/<id>/config.yaml`` so every step,
 on any machine and on resume, sees exactly the values the run started with.
+
+One process at a time writes a run: the holder of its lease (``runs.lease``). The run
+loop takes it (a new run) or takes it over (``resume``, ``cancel``), the heartbeat renews
+it, and every record write checks it first; a process that loses it stops its step and
+writes nothing more.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -20,13 +26,19 @@ from typing import Any, NoReturn
 import yaml
 
 from toolkit import config as config_mod
+from toolkit import tempdirs
 from toolkit.dag import pipeline
-from toolkit.data import storage
+from toolkit.data import sources, storage
 from toolkit.runs import cache, deliveries, executors
 from toolkit.runs import store as runs
+from toolkit.runs.lease import GIVE_UP_BEATS, Lease, LeaseError, LeaseLost, RunBusy
+from toolkit.runs.lease import read as read_lease
 from toolkit.runs.record import RunEvent, RunInputs, RunRecord, StepRecord
 
 __all__ = [
+    "LeaseError",
+    "LeaseLost",
+    "RunBusy",
     "RunFailed",
     "cancel",
     "describe",
@@ -71,69 +83,87 @@ def load_dag(resolved: config_mod.ResolvedConfig, configs=(), patches=()):
 
 
 class _Recorder:
-    """Serialises record updates from the run loop and the heartbeat thread.
+    """The run loop's record: updated in place (fields set one by one, each validated), so
+    whoever holds it (the run loop, ``RunFailed``) sees the current state, and saved
+    after every change by the lease holder's writer (``LeaseLost`` once it lost it)."""
 
-    The record is updated in place (fields set one by one, each validated), so whoever
-    holds it (the run loop, ``RunFailed``) sees the current state; every change is saved
-    under the lock, so a beat never writes a half-made update.
-    """
-
-    def __init__(self, record: RunRecord, root: str, progress: Progress):
+    def __init__(self, record: RunRecord, lease: Lease, progress: Progress):
         self.record = record
-        self.root = root
+        self.lease = lease
+        self.writer = runs.RecordWriter(lease, record.root)
         self.progress = progress
-        self.lock = threading.Lock()
 
     def update(self, **fields) -> None:
-        with self.lock:
-            for name, value in fields.items():
-                setattr(self.record, name, value)
-            runs.save(self.record, self.root)
+        for name, value in fields.items():
+            setattr(self.record, name, value)
+        self.writer.save(self.record)
 
     def step(self, name: str, **fields) -> None:
-        with self.lock:
-            step = self.record.steps.get(name)
-            if step is None:
-                self.record.steps[name] = StepRecord(**fields)
-            else:
-                for field, value in fields.items():
-                    setattr(step, field, value)
-            runs.save(self.record, self.root)
+        step = self.record.steps.get(name)
+        if step is None:
+            self.record.steps[name] = StepRecord(**fields)
+        else:
+            for field, value in fields.items():
+                setattr(step, field, value)
+        self.writer.save(self.record)
 
     def event(self, message: str) -> None:
         self.progress(message)
-        with self.lock:
-            self.record.events.append(RunEvent(at=runs.now(), message=message))
-            runs.save(self.record, self.root)
+        self.record.events.append(RunEvent(at=runs.now(), message=message))
+        self.writer.save(self.record)
 
 
-class _Heartbeat(threading.Thread):
-    """Beats into the record; interrupts the run when a cancel marker appears."""
+class _Heartbeat:
+    """Keeps the run's lease: renews it every beat, and stops the run once it is lost.
 
-    def __init__(self, recorder: _Recorder, interval: float):
-        super().__init__(daemon=True, name="toolkit-heartbeat")
-        self.recorder = recorder
-        self.interval = interval
+    Two threads of their own, never the run's storage calls or locks: one renews (and
+    learns when another process took the lease over), one watches the time since the
+    last renewal, so a renewal stuck on storage cannot hide that the lease is running
+    out. When either finds the lease lost, the watcher calls ``stop_run`` once. (A loss
+    the run loop finds itself, checking before a write, it handles itself.)
+    """
+
+    def __init__(self, lease: Lease, interval: float, stop_run: Callable[[], None]):
+        self.lease, self.interval, self.stop_run = lease, interval, stop_run
         self.stopped = threading.Event()
-        self.cancelled = False
+        self.lost = threading.Event()  # found by the heartbeat
+        self.pool = None  # the run's executor, once it has one
+        self.renewed = time.monotonic()  # the lease was just written
+        self.threads = [
+            threading.Thread(target=self._renew, daemon=True, name="toolkit-lease-renew"),
+            threading.Thread(target=self._watch, daemon=True, name="toolkit-lease-watch"),
+        ]
 
-    def run(self) -> None:
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def _renew(self) -> None:
         while not self.stopped.wait(self.interval):
+            started = time.monotonic()
             try:
-                self.recorder.update(heartbeat_at=runs.now())
-                if not self.cancelled and self.cancel_requested():
-                    # Ctrl-C for the run's main thread: it stops the notebook (its kernel
-                    # is not kept), and the loop marks the run cancelled.
-                    signal.raise_signal(signal.SIGINT)
-            except Exception:  # noqa: BLE001 - a missed beat must not kill the run
+                self.lease.renew()
+            except LeaseLost:
+                self.lost.set()
+                return
+            except Exception:  # noqa: BLE001 - a missed beat; the watcher counts them
                 continue
+            self.renewed = started
 
-    def cancel_requested(self) -> bool:
-        """Whether a cancel marker exists (checked at each beat and before each step)."""
-        if not self.cancelled:
-            url = runs.run_url(self.recorder.record.id, "cancel", root=self.recorder.root)
-            self.cancelled = storage.exists(url)
-        return self.cancelled
+    def _watch(self) -> None:
+        give_up = GIVE_UP_BEATS * self.interval
+        while not self.stopped.wait(min(self.interval / 4, 1.0)):
+            late = time.monotonic() - self.renewed
+            if late > give_up and self.lease.lost is None:
+                self.lease.lose(
+                    f"not renewed for {late:.1f} s: storage did not answer, or this process "
+                    "was paused"
+                )
+                self.lost.set()
+            if self.lost.is_set():
+                if not self.stopped.is_set():
+                    self.stop_run()
+                return
 
     def stop(self) -> None:
         self.stopped.set()
@@ -151,17 +181,22 @@ def create(
     run_id=None,
     executor: str = "serial",
     force: bool = False,
+    lease: Lease | None = None,
     **fields: Any,
 ) -> RunRecord:
     """Write a new run's frozen config and its ``queued`` record; return the record.
 
-    ``fields`` set or override fields before the first save (``backfill``, ``launcher``).
+    With the run's ``lease``, as its holder; without, for a process that will take the
+    run's lease when it starts (the app's launch). ``fields`` set or override fields
+    before the first save (``backfill``, ``launcher``).
     """
     root = storage.root()
     cfg = resolved.config
     run_id = run_id or runs.new_id(cfg.country, cfg.period)
     config_url = runs.run_url(run_id, "config.yaml", root=root)
     frozen = yaml.safe_dump(resolved.as_dict(), sort_keys=False).encode()
+    if lease is not None:
+        lease.check()
     storage.write_bytes(config_url, frozen)
     created = runs.now()
     values: dict[str, Any] = {
@@ -186,7 +221,10 @@ def create(
         "git_commit": runs.git_commit(),
     }
     record = RunRecord(**{**values, **fields})
-    runs.save(record, root)
+    if lease is None:
+        runs.save(record, root)
+    else:
+        runs.RecordWriter(lease, root).save(record)
     return record
 
 
@@ -201,35 +239,90 @@ def start(
     executor_options=None,
     progress: Progress = print,
 ) -> RunRecord:
-    """Create a run and execute it. Returns the final record; raises ``RunFailed``."""
-    record = create(resolved, configs, patches, run_id=run_id, executor=executor, force=force)
+    """Create a run and execute it. Returns the final record.
+
+    Raises:
+        RunFailed: the run did not succeed (or was cancelled before it started).
+        RunBusy: ``run_id`` has been started before.
+        LeaseLost: another process took the run over (see ``execute``).
+    """
+    root = storage.root()
+    cfg = resolved.config
+    run_id = run_id or runs.new_id(cfg.country, cfg.period)
+    lease = _new_lease(run_id, root)
+    try:
+        record = create(
+            resolved, configs, patches, run_id=run_id, executor=executor, force=force, lease=lease
+        )
+    except BaseException:
+        lease.release()
+        raise
     progress(f"run {record.id}")
     return execute(
-        record, force=force, executor=executor, executor_options=executor_options, progress=progress
+        record,
+        lease=lease,
+        force=force,
+        executor=executor,
+        executor_options=executor_options,
+        progress=progress,
     )
+
+
+def _new_lease(run_id: str, root: str) -> Lease:
+    """A new run's lease; ``RunFailed`` when a cancel took it before the run started."""
+    try:
+        return Lease.create(run_id, root, runs.heartbeat_seconds())
+    except RunBusy:
+        found = read_lease(run_id, root)
+        if found is not None and found.reason == "cancel":
+            raise RunFailed(runs.load(run_id, root)) from None
+        raise
 
 
 def resume(
     run_id: str, progress: Progress = print, executor=None, executor_options=None
 ) -> RunRecord:
-    """Finish an interrupted or failed run, re-executing only its unfinished steps."""
-    record = runs.load(run_id)
-    status = record.status
-    if status in runs.ACTIVE:
-        raise RuntimeError(
-            f"run {run_id} is still {status} (heartbeat {record.heartbeat_at}); "
+    """Finish an interrupted or failed run, re-executing only its unfinished steps.
+
+    Takes the run's lease over (a new generation): the process that ran it before, if it
+    still lives (paused, or cut off from storage), can write nothing more.
+
+    Raises:
+        RunBusy: the run is still running (its lease is renewed): refused.
+    """
+    root = storage.root()
+    record = runs.load(run_id, root)
+    if record.status in runs.ACTIVE:
+        raise RunBusy(
+            f"run {run_id} is still {record.status} (heartbeat {record.heartbeat_at}); "
             "cancel it first or wait for it"
         )
-    if status == "succeeded":
+    if record.status == "succeeded":
         progress(f"run {run_id} already succeeded; nothing to do")
         return record
-    record.status = record.stored_status or status
+    lease = Lease.take_over(run_id, root, "resume", runs.heartbeat_seconds())
+    try:
+        # Read again now that no one else may write it: the last holder's final state.
+        record = runs.load(run_id, root)
+    except BaseException:
+        lease.release()
+        raise
+    if record.stored_status == "succeeded":
+        lease.release()
+        progress(f"run {run_id} already succeeded; nothing to do")
+        return record
+    record.status = record.stored_status or record.status
     record.stored_status = None
     record.resumed.append(runs.now())
-    # A cancel request that stopped the run before would stop it again at the first beat.
-    storage.remove(runs.run_url(run_id, "cancel", root=record.root))
+    record.events.append(
+        RunEvent(
+            at=runs.now(),
+            message=f"resumed on {lease.state.holder} (lease generation {lease.state.generation})",
+        )
+    )
     return execute(
         record,
+        lease=lease,
         force=False,
         executor=executor or record.executor,
         executor_options=executor_options,
@@ -237,10 +330,35 @@ def resume(
     )
 
 
-def cancel(run_id: str) -> None:
-    """Ask a running run to stop: it notices within one heartbeat."""
-    record = runs.load(run_id)
-    storage.write_bytes(runs.run_url(run_id, "cancel", root=record.root), b"cancel\n")
+def cancel(run_id: str) -> RunRecord:
+    """Stop a queued, running or interrupted run now, and record it cancelled.
+
+    Takes the run's lease over, live or not: the run's process sees that within one beat,
+    stops its step and writes nothing more. Returns the record (as it was, when the run
+    had already finished).
+    """
+    root = storage.root()
+    record = runs.load(run_id, root)
+    if record.status in ("succeeded", "failed", "cancelled"):
+        return record
+    lease = Lease.take_over(run_id, root, "cancel", runs.heartbeat_seconds(), live_ok=True)
+    try:
+        record = runs.load(run_id, root)  # as its last holder left it
+        if record.stored_status in ("succeeded", "failed", "cancelled"):
+            return record  # it finished in the meantime
+        at = runs.now()
+        for step in record.steps.values():
+            if step.status == "running":
+                step.status, step.finished_at = "cancelled", at
+        record.status, record.stored_status = "cancelled", None
+        record.finished_at, record.error = at, "run cancelled"
+        record.events.append(
+            RunEvent(at=at, message=f"run cancelled by {runs.launcher()} on {lease.state.holder}")
+        )
+        runs.RecordWriter(lease, root).save(record)
+        return record
+    finally:
+        lease.release()
 
 
 # ---------------------------------------------------------------------------
@@ -277,7 +395,7 @@ def _plan(record: RunRecord) -> tuple[dict[str, str], list[pipeline.Step]]:
         return env, pipeline.plan({**env, "run_id": "", "build_dir": str(workspace)})
 
 
-def _step_keys(steps: list[pipeline.Step], root: str, market: str) -> dict[str, str]:
+def _step_keys(steps: list[pipeline.Step], root: str) -> dict[str, str]:
     """Every step's cache key, in run order (a key depends on its upstream keys only).
 
     Computed before any step executes: keying parses Python, and Ploomber parses while it
@@ -291,7 +409,7 @@ def _step_keys(steps: list[pipeline.Step], root: str, market: str) -> dict[str, 
                 step.source.read_text(),
                 _key_params(step),
                 {u: keys[u] for u in step.upstream},
-                _raw_inputs(root, market) if not step.upstream else {},
+                _raw_inputs(step, root) if not step.upstream else {},
             )
     return keys
 
@@ -304,37 +422,97 @@ def _key_params(step: pipeline.Step) -> dict[str, Any]:
     return params
 
 
-def _raw_inputs(root: str, market: str) -> dict[str, str]:
-    """Fingerprints of the market's raw files, for the steps that read them."""
-    base = storage.join(root, "raw", f"market={market}")
-    return {
-        name: cache.file_fingerprint(storage.join(base, name)) for name in storage.listdir(base)
-    }
+def _raw_inputs(step: pipeline.Step, root: str) -> dict[str, str]:
+    """Content fingerprints of the files a step's sources name (``config.sources``), each
+    named relative to the root, so that a moved root keeps its keys."""
+    section = step.params.get("config") or {}
+    if "sources" not in section:
+        return {}
+    run, prefix = {**step.params["run"], "root": root}, f"{root.rstrip('/')}/"
+    found = sources.input_urls(section["sources"], run)
+    return {url.removeprefix(prefix): cache.file_fingerprint(url) for url in found}
 
 
 def execute(
     record: RunRecord,
     *,
+    lease: Lease | None = None,
     force=False,
     executor="serial",
     executor_options=None,
     progress: Progress = print,
 ) -> RunRecord:
-    """Walk the DAG: reuse cached steps, execute the others, keep the record current."""
-    root = record.root
-    recorder = _Recorder(record, root, progress)
-    recorder.update(
-        status="running",
-        started_at=record.started_at or runs.now(),
-        heartbeat_at=runs.now(),
-        finished_at=None,
-        error=None,
-        pid=_pid(),
-    )
-    beat = _Heartbeat(recorder, float(record.heartbeat_seconds or runs.heartbeat_seconds()))
+    """Walk the DAG: reuse cached steps, execute the others, keep the record current.
+
+    As the holder of the run's ``lease`` (taken here for a new run when not given),
+    renewed by the heartbeat and released at the end.
+
+    Raises:
+        RunFailed: a step or the delivery failed, or the run was cancelled.
+        LeaseLost: another process took the run over, or this one could not renew its
+            lease in time: it stopped its step and wrote nothing more.
+        KeyboardInterrupt: Ctrl-C or SIGTERM (recorded as interrupted).
+    """
+    lease = lease or _new_lease(record.id, record.root)
+    recorder = _Recorder(record, lease, progress)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    beat = _Heartbeat(lease, lease.state.seconds, lambda: _stop_run(beat, on_main_thread))
     beat.start()
+    try:
+        return _walk(
+            recorder, beat, force=force, executor=executor, executor_options=executor_options
+        )
+    except (KeyboardInterrupt, LeaseLost):
+        if lease.lost is None:
+            raise
+        raise _lost(lease, record) from None
+    finally:
+        beat.stop()
+        lease.release()
+
+
+def _stop_run(beat: _Heartbeat, on_main_thread: bool) -> None:
+    """The lease is lost: stop the run by the way Ctrl-C and cancel stop it."""
+    if on_main_thread:
+        # Ctrl-C for the loop, sent to the main thread itself: a signal raised in this
+        # thread would wait until the main thread next ran Python, and it is blocked
+        # waiting for the step.
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+    elif beat.pool is not None:
+        beat.pool.interrupt()  # a loop in a thread (a backfill): its executor stops it
+
+
+def _lost(lease: Lease, record: RunRecord) -> Exception:
+    """What to raise once the lease is lost: a cancel as the failed, cancelled run it is
+    (``RunFailed``, as the canceller recorded it); anything else as ``LeaseLost``."""
+    lost = lease.lost
+    assert lost is not None
+    if lost.taken_by is None or lost.taken_by.reason != "cancel":
+        return lost
+    try:
+        cancelled = runs.load(record.id, record.root)
+    except (runs.RunNotFound, storage.StorageError):
+        cancelled = record
+    cancelled.status = "cancelled"  # the canceller may not have written it yet
+    return RunFailed(cancelled)
+
+
+def _walk(recorder: _Recorder, beat: _Heartbeat, *, force, executor, executor_options) -> RunRecord:
+    """The run loop of ``execute``: each step reused or executed, the record kept current,
+    a failure or Ctrl-C recorded (unless the lease is lost: then nothing is written)."""
+    record = recorder.record
+    root = record.root
     pool = None
     try:
+        recorder.update(
+            status="running",
+            started_at=record.started_at or runs.now(),
+            heartbeat_at=runs.now(),
+            heartbeat_seconds=beat.interval,
+            finished_at=None,
+            error=None,
+            pid=_pid(),
+        )
         env, steps = _plan(record)
         order = [step.name for step in steps]
         upstream_of = {step.name: list(step.upstream) for step in steps}
@@ -344,7 +522,9 @@ def execute(
             "category": record.category,
         }
         timeout = int(record.config["execution"]["step_timeout_seconds"])
-        keys = _step_keys(steps, root, record.market)  # before any step executes, see _PARSING
+        memory_mb = int(record.config["execution"].get("step_memory_mb") or 0)
+        tempdirs.sweep()  # what killed processes left: workspaces, kernel sockets
+        keys = _step_keys(steps, root)  # before any step executes, see _PARSING
         refusal = _endpoint_refusal(record.config.get("output", {}))
         if refusal is not None:  # now, not after every step has run
             _fail_delivery(recorder, refusal)
@@ -352,11 +532,10 @@ def execute(
         pending = list(order)
         running: dict[Any, str] = {}
         failed = False
+        refetched: set[str] = set()  # steps that found an upstream object corrupt, once
         total = len(order)
         while (pending and not failed) or running:
             ready = [s for s in pending if all(u in outputs for u in upstream_of[s])]
-            if ready and beat.cancel_requested():  # before starting more steps, not a beat later
-                raise KeyboardInterrupt
             for name in ready:
                 pending.remove(name)
                 position = f"[{order.index(name) + 1}/{total}] {name}"
@@ -401,15 +580,17 @@ def execute(
                     "key": keys[name],
                     "attempt": attempt,
                     "timeout": timeout,
+                    "memory_mb": memory_mb,
                     "kernel": record.config["execution"].get("kernel", "reuse"),
                     "identity": identity,
                     "upstream": {u: outputs[u] for u in upstream_of[name]},
+                    "lease": recorder.lease.ticket(),
                 }
                 if pool is None:  # not before a step needs it: a cached run needs no cluster
                     options = executor_options
                     if options is None:  # a resume: the options of the run's frozen config
                         options = configured_executor_options(executor, record.config)
-                    pool = make_executor(executor, **options)
+                    pool = beat.pool = make_executor(executor, **options)
                 if not pending and not running:
                     # The last step: this process mostly waits for it, so the summary's
                     # libraries load meanwhile instead of after it.
@@ -433,6 +614,15 @@ def execute(
                         duration_s=duration,
                     )
                     recorder.event(f"{position}: done in {duration:.1f}s")
+                elif result.get("corrupt_upstream") and name not in refetched:
+                    # Changed since its lookup checked it: that step runs again (its
+                    # lookup now skips the attempt), then this one.
+                    refetched.add(name)
+                    corrupt = result["corrupt_upstream"]
+                    outputs.pop(corrupt, None)
+                    queued = {*pending, *running.values()}
+                    pending[:0] = [s for s in (corrupt, name) if s not in queued]
+                    recorder.event(f"{position}: {result['error']}; {corrupt} runs again")
                 else:
                     failed = True
                     recorder.step(
@@ -446,8 +636,6 @@ def execute(
                         duration_s=duration,
                     )
                     recorder.event(f"{position}: failed: {result['error'].splitlines()[-1]}")
-            if beat.cancelled:  # the notebook may have turned the interrupt into an error
-                raise KeyboardInterrupt
         if failed:
             recorder.update(
                 status="failed",
@@ -461,16 +649,19 @@ def execute(
     except KeyboardInterrupt:
         if pool is not None:
             pool.interrupt()  # the step executing now stops too
-        status = "cancelled" if beat.cancelled else "interrupted"
+        if recorder.lease.lost is not None:
+            raise  # nothing more is written
         for name, step in list(record.steps.items()):
             if step.status in ("running", "failed") and not step.finished_at:
-                recorder.step(name, status=status, finished_at=runs.now())
+                recorder.step(name, status="interrupted", finished_at=runs.now())
             elif step.status == "running":
-                recorder.step(name, status=status)
-        recorder.update(status=status, finished_at=runs.now(), error=f"run {status}")
-        recorder.event(f"run {status}")
-        if beat.cancelled:
-            raise RunFailed(record) from None
+                recorder.step(name, status="interrupted")
+        recorder.update(status="interrupted", finished_at=runs.now(), error="run interrupted")
+        recorder.event("run interrupted")
+        raise
+    except LeaseLost:
+        if pool is not None:
+            pool.interrupt()  # the steps executing now stop too
         raise
     except RunFailed:
         raise
@@ -480,7 +671,6 @@ def execute(
         )
         raise
     finally:
-        beat.stop()
         if pool is not None:
             pool.release(record.id)
             pool.close()
@@ -504,6 +694,7 @@ def _deliver(recorder: _Recorder, files: dict[str, str] | None) -> None:
     if files is None:
         receipt = {"status": "skipped", "error": "the pipeline has no format_output step"}
     else:
+        recorder.lease.check()  # what is sent cannot be taken back: only by the run's holder
         receipt = deliveries.deliver(record.root, record.id, record.config.get("output", {}), files)
     if receipt["status"] == "failed":
         _fail_delivery(recorder, receipt)

@@ -399,3 +399,63 @@ def test_the_next_process_removes_what_a_killed_one_left(tmp_path, kernel_tmp):
     assert done.returncode == 0, done.stderr
     assert not os.path.exists(orphan)
     assert os.path.exists(alive)  # its process still runs: not ours to remove
+
+
+def test_limited_bounds_the_whole_notebook_and_its_kernel_is_not_kept(tmp_path, kernel_tmp):
+    first = _pid(_run(tmp_path, "a", PID))  # kept, for the next notebook
+    sleeps = ["import time; time.sleep(1.5)"] * 3  # each cell well within the limit
+    started = time.monotonic()
+    interrupted = pytest.raises(papermill.PapermillExecutionError, match="KeyboardInterrupt")
+    with kernels.limited(seconds=2.5) as limits, interrupted:
+        _run(tmp_path, "b", PID, *sleeps, timeout=60)
+    assert time.monotonic() - started < 2.5 + 10
+    assert limits.exceeded == "time"
+    assert _output_pid(tmp_path, "b") == first
+    assert _gone(first), "a kernel stopped over its limit was kept"
+    assert kernels.live_kernels() == 0
+    assert _kernel_files(kernel_tmp) == []
+
+
+def test_limited_kills_a_kernel_over_its_memory_and_the_next_notebook_gets_another(
+    tmp_path, kernel_tmp
+):
+    grow = "import numpy as np; held = np.ones(300 * 2**20, dtype=np.uint8)"
+    with kernels.limited(memory_mb=150) as limits:
+        with pytest.raises(Exception, match="(?i)dead|died"):
+            _run(tmp_path, "a", PID, grow, "import time; time.sleep(60)", timeout=120)
+        assert limits.exceeded == "memory"
+        killed = _output_pid(tmp_path, "a")
+        assert _gone(killed)
+        assert kernels.live_kernels() == 0
+        assert _kernel_files(kernel_tmp) == []
+        after = _run(tmp_path, "b", "print('alive')", PID)
+    assert _text(after, 0).strip() == "alive"
+    assert _pid(after) != killed
+
+
+def test_notebooks_within_their_limits_share_a_kernel(tmp_path):
+    with kernels.limited(seconds=120, memory_mb=4000) as limits:
+        first = _pid(_run(tmp_path, "a", PID))
+        second = _pid(_run(tmp_path, "b", PID))
+    assert (limits.exceeded, first) == (None, second)
+
+
+def test_no_notebook_starts_once_its_time_is_up(tmp_path):
+    with kernels.limited(seconds=0.2) as limits:
+        time.sleep(0.5)
+        with pytest.raises(kernels.LimitExceeded):
+            _run(tmp_path, "a", PID)
+    assert limits.exceeded == "time"
+    assert kernels.live_kernels() == 0
+
+
+def test_a_kernel_that_ignores_the_interrupt_is_killed_at_its_time_limit(tmp_path, kernel_tmp):
+    deaf = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)"
+    started = time.monotonic()
+    with kernels.limited(seconds=2) as limits, pytest.raises(Exception, match="(?i)dead|died"):
+        _run(tmp_path, "a", PID, deaf, timeout=120)
+    assert time.monotonic() - started < 2 + kernels.INTERRUPT_GRACE_SECONDS + 10
+    assert limits.exceeded == "time"
+    assert _gone(_output_pid(tmp_path, "a"))
+    assert kernels.live_kernels() == 0
+    assert _kernel_files(kernel_tmp) == []

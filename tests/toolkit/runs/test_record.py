@@ -10,7 +10,14 @@ import pytest
 
 from toolkit.data import storage
 from toolkit.runs import store as runs
-from toolkit.runs.record import SCHEMA_VERSION, RunEvent, RunRecord, StepRecord
+from toolkit.runs.record import (
+    SCHEMA_VERSION,
+    RunEvent,
+    RunRecord,
+    StepRecord,
+    map_urls,
+    relative_url,
+)
 
 RUN_ID = "20261129-004512-US-2026-11-3f9a1c"
 
@@ -120,9 +127,12 @@ def test_saving_writes_the_same_keys_plus_the_schema_version(local_root):
     stored = json.loads(storage.read_bytes(runs.record_url(RUN_ID, local_root)))
     assert stored["schema_version"] == SCHEMA_VERSION
     assert set(old) <= set(stored) and "stored_status" not in stored
+    # Since version 3 the run's files are named relative to the root; nothing else changes.
+    assert stored["config_url"] == f"runs/{RUN_ID}/config.yaml"
+    expected = map_urls(old, lambda url: relative_url(local_root, url))
     for key in set(old) - {"updated_at", "steps"}:
-        assert stored[key] == old[key], key
-    for name, step in old["steps"].items():
+        assert stored[key] == expected[key], key
+    for name, step in expected["steps"].items():
         assert {k: stored["steps"][name][k] for k in step} == step
 
 
