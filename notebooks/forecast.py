@@ -1,7 +1,8 @@
 # %% [markdown]
 # # Forecast
-# Forecast the next `horizon` weeks for the underperformers at today's price, estimate each
-# product's price elasticity, and backtest the model against a seasonal-naive baseline.
+# Forecast every week from the end of the history through the priced month (and at least
+# `horizon` weeks) for the underperformers at today's price, estimate each product's price
+# elasticity, and backtest the model against a seasonal-naive baseline.
 
 # %% tags=["parameters"]
 upstream = ["load_transform", "identify_underperformers"]
@@ -13,7 +14,7 @@ config = None  # config section forecast
 from pathlib import Path
 
 from toolkit.data import io, schemas
-from toolkit.pricing import forecasting, plots
+from toolkit.pricing import forecasting, periods, plots
 
 reports = str(Path(product["nb"]).parent)
 weekly = io.read(upstream["load_transform"]["data"], schemas.WeeklySales, report_dir=reports)
@@ -31,7 +32,8 @@ print(
 )
 
 # %%
-forecasts = forecasting.forecast_frame(weekly, ids, config["horizon"], config["season_length"])
+horizon = max(config["horizon"], periods.weeks_through(run["period"], weekly["week"].max()))
+forecasts = forecasting.forecast_frame(weekly, ids, horizon, config["season_length"])
 io.write(forecasts, product["data"], schemas.Forecasts)
 io.write(accuracy, product["accuracy"], schemas.ForecastAccuracy)
 

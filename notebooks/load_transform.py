@@ -1,7 +1,8 @@
 # %% [markdown]
 # # Load and transform
-# Read the market's raw daily sales and catalog, check them against their contracts,
-# and aggregate complete weekly series per product for the history window ending in the period.
+# Read the market's raw daily sales and catalog from their sources (`sources`), check them
+# against their contracts, and aggregate complete weekly series per product for the history
+# before the period: the month being priced.
 
 # %% tags=["parameters"]
 upstream = None
@@ -12,21 +13,22 @@ config = None  # config section load_transform
 # %%
 from pathlib import Path
 
-from toolkit.data import io, schemas, storage
+from toolkit.data import io, schemas, sources
 from toolkit.pricing import transform
 
 reports = str(Path(product["nb"]).parent)
 
 # %%
-sales = io.read(
-    storage.raw_url(run["market"], "sales", run["root"]), schemas.RawSales, report_dir=reports
-)
-catalog = io.read(
-    storage.raw_url(run["market"], "catalog", run["root"]), schemas.Catalog, report_dir=reports
-)
+sales = sources.read("sales", config["sources"], run, report_dir=reports)
+catalog = sources.read("catalog", config["sources"], run, report_dir=reports)
 print(
     f"{len(sales):,} daily rows, {sales['product_id'].nunique()} products, "
     f"{sales['date'].min():%Y-%m-%d} to {sales['date'].max():%Y-%m-%d}"
+)
+print(
+    transform.history(
+        sales, run["period"], config["history_weeks"], config["max_gap_weeks"]
+    ).describe()
 )
 
 # %%
@@ -37,6 +39,7 @@ weekly = transform.weekly_sales(
     history_weeks=config["history_weeks"],
     min_weeks_with_sales=config["min_weeks_with_sales"],
     category=run["category"],
+    max_gap_weeks=config["max_gap_weeks"],
 )
 weekly.groupby("week")["units"].sum().plot(title="Weekly units, all products", figsize=(9, 3))
 # %%

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves these 
 
 BIN = Path(sys.executable).parent
 N_PRODUCTS = 60
+AS_OF = "2026-12-04"  # a Friday: sales through Sunday 29 November 2026
 
 
 def run(args, env, cwd=PROJECT_DIR, check=True):
@@ -46,7 +47,7 @@ def built(tmp_path_factory):
     for entry in ("ploomber", "toolkit"):
         base = tmp_path_factory.mktemp(entry)
         root, build_dir = base / "store", base / "build"
-        demo_data.write(["NO"], n_products=N_PRODUCTS, root=str(root))
+        demo_data.write(["NO"], n_products=N_PRODUCTS, root=str(root), as_of=AS_OF)
         env = environment(root, build_dir)
         if entry == "ploomber":
             args = [
@@ -198,3 +199,77 @@ def test_broken_raw_file_stops_load_transform_with_a_report(tmp_path):
     assert not storage.exists(storage.join(str(root), "cache"))
     assert storage.exists(step["debug"]["notebook"])
     assert f"/runs/{record['id']}/" in step["debug"]["notebook"]
+
+
+def record_by_id(root, run_id):
+    env = environment(root, root.parent / "build")
+    return json.loads(run([str(BIN / "toolkit"), "runs", "show", run_id, "--json"], env).stdout)
+
+
+def write_csv_exports(root, market="US"):
+    """The demo's data as a team might export it: one CSV per year with their own column
+    names, and the catalog as Parquet; returns a config layer that reads them."""
+    catalog, sales = demo_data.generate([market], n_products=20, as_of=AS_OF)[market]
+    renamed = sales.rename(columns={"date": "day", "product_id": "sku", "units": "qty"})
+    for year, part in renamed.groupby(renamed["day"].dt.year):
+        storage.write_bytes(
+            f"{root}/exports/{market}/sales_{year}.csv", part.to_csv(index=False).encode()
+        )
+    catalog.rename(columns={"product_id": "sku"}).to_parquet(f"{root}/exports/{market}/items.pq")
+    layer = root.parent / "sources.yaml"
+    layer.write_text(
+        "load_transform:\n"
+        "  sources:\n"
+        "    sales:\n"
+        '      url: "{root}/exports/{country}/sales_*.csv"\n'
+        "      columns: {day: date, sku: product_id, qty: units, unit_price: unit_price, "
+        "promo: promo}\n"
+        "    catalog:\n"
+        '      url: "{root}/exports/{country}/items.pq"\n'
+        "      columns: {sku: product_id, product_name: product_name, category: category, "
+        "list_price: list_price, unit_cost: unit_cost, currency: currency}\n"
+    )
+    return layer
+
+
+def test_this_month_and_next_from_the_demo_layout_and_from_csv_exports(tmp_path):
+    """On 4 December with sales through 29 November, a backfill plans December and January;
+    the same data as CSV exports gives the same plan, and a changed export is a new key."""
+    root = tmp_path / "demo" / "store"
+    demo_data.write(["US"], n_products=20, root=str(root), as_of=AS_OF)
+    env = environment(root, tmp_path / "demo" / "build")
+    toolkit = str(BIN / "toolkit")
+    args = [toolkit, "backfill", "--market", "US", "--period", "2026-12..2027-01"]
+    out = run([*args, "--executor", "serial"], env).stdout
+    assert "2 runs: 2 succeeded" in out, out
+    runs = json.loads(run([toolkit, "runs", "list", "--json"], env).stdout)
+    by_period = {r["period"]: record_by_id(root, r["id"]) for r in runs}
+    for period, last_week in [("2026-12", "2026-12-28"), ("2027-01", "2027-01-25")]:
+        steps = by_period[period]["steps"]
+        weekly = pd.read_parquet(steps["load_transform"]["outputs"]["data"])
+        assert weekly["week"].max() == pd.Timestamp("2026-11-23")  # the last complete week
+        forecasts = pd.read_parquet(steps["forecast"]["outputs"]["data"])
+        assert forecasts["week"].min() == pd.Timestamp("2026-11-30")
+        assert forecasts["week"].max() >= pd.Timestamp(last_week)  # through the priced month
+
+    own = tmp_path / "own" / "store"
+    layer = write_csv_exports(own)
+    own_env = environment(own, tmp_path / "own" / "build")
+    mine = [toolkit, "run", "--patch", "period=2026-12", "--config", str(layer)]
+    first_id = run(mine, own_env).stdout.splitlines()[0].split()[1]  # "run <id>"
+    first = record_by_id(own, first_id)
+    assert first["status"] == "succeeded"
+    expected = pd.read_csv(by_period["2026-12"]["steps"]["format_output"]["outputs"]["csv"])
+    pd.testing.assert_frame_equal(
+        pd.read_csv(first["steps"]["format_output"]["outputs"]["csv"]), expected
+    )
+
+    # One export changes: load_transform's key changes with it.
+    url = f"{own}/exports/US/sales_2025.csv"
+    text = storage.read_bytes(url).decode().splitlines()
+    fields = text[1].split(",")
+    fields[2] = str(int(fields[2]) + 1)  # qty
+    text[1] = ",".join(fields)
+    storage.write_bytes(url, ("\n".join(text) + "\n").encode())
+    again = run(mine, own_env).stdout.splitlines()
+    assert again[1] == "[1/5] load_transform: running", again

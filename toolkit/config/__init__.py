@@ -24,7 +24,8 @@ import hashlib
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import string
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -60,7 +61,8 @@ IDENTITY_KEYS = ("country", "period", "category")
 # addresses are allowed, where and how steps execute: executor, scheduler, kernels) and
 # everything under them. They belong to whoever operates the toolkit: configs/, the
 # environment, or an operator's own `toolkit run --patch`; the app's launch path refuses them.
-OPERATOR_KEYS = ("output", "execution")
+# Sources too: they name what a run reads, anywhere the run's credentials reach.
+OPERATOR_KEYS = ("output", "execution", "load_transform.sources")
 MAX_CONFIG_BYTES = 1_000_000  # a config is a few KB; anything bigger is a mistake or an attack
 
 IDENTITY_PATTERNS = {
@@ -80,13 +82,73 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+SOURCE_PLACEHOLDERS = ("root", "country", "period")
+
+
+class SourceConfig(_Section):
+    """Where one raw table comes from, and how to read it."""
+
+    url: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="File URL or glob (any fsspec URL); {root}, {country} and {period} "
+        "are replaced by the storage root, the market and the period.",
+    )
+    format: Literal["csv", "parquet"] | None = Field(
+        None, description="csv or parquet; none guesses it from the URL's suffix."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="The file's columns to read, each with the contract's name for it; "
+        "empty reads the file as it is.",
+    )
+    delimiter: str = Field(",", min_length=1, max_length=1, description="CSV field separator.")
+    decimal: str = Field(".", min_length=1, max_length=1, description="CSV decimal mark.")
+    date_format: str | None = Field(
+        None, max_length=100, description="CSV date format such as %d.%m.%Y; none reads ISO."
+    )
+    encoding: str = Field("utf-8", max_length=40, description="CSV text encoding.")
+
+    @field_validator("url")
+    @classmethod
+    def _known_placeholders(cls, value: str) -> str:
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        except ValueError as exc:
+            raise ValueError(f"{exc}; write a literal brace as {{{{ or }}}}") from None
+        unknown = sorted(set(names) - set(SOURCE_PLACEHOLDERS))
+        if unknown:
+            known = ", ".join(f"{{{name}}}" for name in SOURCE_PLACEHOLDERS)
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}}; known: {known}")
+        return value
+
+
+class Sources(_Section):
+    sales: SourceConfig = Field(
+        default_factory=lambda: SourceConfig(url="{root}/raw/market={country}/sales.parquet"),
+        description="Daily sales (contract RawSales).",
+    )
+    catalog: SourceConfig = Field(
+        default_factory=lambda: SourceConfig(url="{root}/raw/market={country}/catalog.parquet"),
+        description="Product catalog (contract Catalog).",
+    )
+
+
 class LoadTransformConfig(_Section):
     history_weeks: int = Field(
-        156, ge=60, le=520, description="Weeks of sales history up to the end of the period."
+        156, ge=60, le=520, description="Weeks of sales history before the priced month."
+    )
+    max_gap_weeks: int = Field(
+        8,
+        ge=0,
+        le=26,
+        description="Most weeks between the last complete week of sales and the priced "
+        "month; they are forecast, not learnt from.",
     )
     min_weeks_with_sales: int = Field(
         26, ge=1, le=520, description="Products sold in fewer weeks than this are dropped."
     )
+    sources: Sources = Field(default_factory=Sources, description="Where the raw tables come from.")
 
 
 class UnderperformersConfig(_Section):
@@ -116,7 +178,13 @@ class UnderperformersConfig(_Section):
 
 
 class ForecastConfig(_Section):
-    horizon: int = Field(12, ge=1, le=52, description="Weeks to forecast ahead.")
+    horizon: int = Field(
+        12,
+        ge=1,
+        le=52,
+        description="Weeks to forecast ahead at least; the forecast always reaches the end "
+        "of the priced month.",
+    )
     backtest_weeks: int = Field(
         12, ge=4, le=52, description="Held-out weeks used to score the model against a baseline."
     )
@@ -154,7 +222,7 @@ class Constraints(_Section):
         50_000.0,
         ge=0,
         le=1e10,
-        description="Most revenue given up to discounts over the horizon, in market currency.",
+        description="Most revenue given up to discounts in the priced month, in market currency.",
     )
     max_changes: int = Field(
         25, ge=0, le=10_000, description="Most products whose price may change."
@@ -216,6 +284,13 @@ class ExecutionConfig(_Section):
     step_timeout_seconds: int = Field(
         1800, ge=10, le=86_400, description="A step running longer than this fails."
     )
+    step_memory_mb: int = Field(
+        0,
+        ge=0,
+        le=1_048_576,
+        description="A step whose kernel's resident memory (the libraries it loaded "
+        "included) goes over this many MB fails; 0: no limit.",
+    )
     executor: Literal["serial", "dask"] = Field(
         "serial", description="Where steps run: this process, or a Dask cluster."
     )
@@ -242,7 +317,7 @@ class ToolkitConfig(_Section):
     period: str = Field(
         "2026-11",
         pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$",
-        description="Month the run is for (YYYY-MM); history ends with it.",
+        description="Month whose prices the run sets (YYYY-MM); history ends before it.",
     )
     category: str | None = Field(
         None, pattern=r"^[a-z][a-z0-9_]*$", description="Limit the run to one category."
@@ -319,6 +394,8 @@ class _StrictLoader(yaml.SafeLoader):
         seen = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):  # SafeLoader names an unhashable key itself
+                continue
             line = key_node.start_mark.line + 1
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -415,7 +492,8 @@ def operator_key(key_path: str) -> str | None:
 
 def parse_patch(patch: str) -> dict:
     """Turn ``a.b=value`` into ``{"a": {"b": value}}``; the value is a YAML scalar or list."""
-    source = f"--patch {patch!r}"
+    # A patch can be kilobytes long (a deep list): the error shows its start.
+    source = f"--patch {patch[:60] + '...' if len(patch) > 60 else patch!r}"
     key, sep, raw_value = patch.partition("=")
     key = key.strip()
     if not sep:

@@ -16,6 +16,7 @@ markets, or how many further products, are generated.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import zlib
 from collections.abc import Iterable
@@ -26,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from toolkit.data import io, schemas, storage
+from toolkit.pricing import periods
 
 MARKETS: dict[str, str] = {
     "US": "USD",
@@ -38,8 +40,8 @@ MARKETS: dict[str, str] = {
 
 CATEGORIES: tuple[str, ...] = ("electronics", "grocery", "apparel", "home", "toys", "beauty")
 
-START = "2023-06-05"  # a Monday
-END = "2026-11-29"  # a Sunday, so the last month in the data is 2026-11
+START = "2023-06-05"  # a Monday: the first day of the demo sales
+END = "2026-11-29"  # make_sales' default last day: the demo as written on 2026-12-04
 
 
 class _MarketProfile(NamedTuple):
@@ -425,10 +427,18 @@ def make_sales(
     )
 
 
+def sales_end(as_of: dt.date | str | None = None) -> pd.Timestamp:
+    """The last day of the demo sales written on ``as_of`` (default today): the Sunday
+    ending the last complete week before it, as a source system would have it."""
+    day = pd.Timestamp(as_of or dt.date.today()).normalize()
+    return periods.last_complete_sunday(day - pd.Timedelta(days=1))
+
+
 def generate(
     markets: Iterable[str] | None = None,
     n_products: int = 240,
     seed: int = 42,
+    as_of: dt.date | str | None = None,
 ) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     """Generate catalog and daily sales for several markets.
 
@@ -437,6 +447,8 @@ def generate(
             accepted too.
         n_products: Number of products per market (the same products everywhere).
         seed: Random seed.
+        as_of: The day the data is written (default today): sales run from START
+            through the last complete week before it (``sales_end``).
 
     Returns:
         Mapping market -> (catalog, sales), in the order the markets were given.
@@ -445,10 +457,11 @@ def generate(
         markets = list(MARKETS)
     elif isinstance(markets, str):
         markets = [markets]
+    end = sales_end(as_of)
     result = {}
     for market in markets:
         catalog = make_catalog(market, n_products=n_products, seed=seed)
-        result[market] = (catalog, make_sales(market, catalog, seed=seed))
+        result[market] = (catalog, make_sales(market, catalog, seed=seed, end=str(end.date())))
     return result
 
 
@@ -457,17 +470,27 @@ def write(
     n_products: int = 240,
     seed: int = 42,
     root: str | None = None,
+    as_of: dt.date | str | None = None,
 ) -> dict[str, dict]:
     """Write each market's catalog and sales to ``<root>/raw/market=<CODE>/`` via contracts.
 
+    Sales run through the last complete week before ``as_of`` (default today), so this
+    month and next can be planned.
+
     Returns:
-        Per market: the URLs written and the number of sales rows.
+        Per market: the URLs written, the number of sales rows and the last sales day.
     """
     written = {}
-    for market, (catalog, sales) in generate(markets, n_products=n_products, seed=seed).items():
+    chosen = generate(markets, n_products=n_products, seed=seed, as_of=as_of)
+    for market, (catalog, sales) in chosen.items():
         catalog_url = storage.raw_url(market, "catalog", root)
         sales_url = storage.raw_url(market, "sales", root)
         io.write(catalog, catalog_url, schemas.Catalog)
         io.write(sales, sales_url, schemas.RawSales)
-        written[market] = {"catalog": catalog_url, "sales": sales_url, "rows": len(sales)}
+        written[market] = {
+            "catalog": catalog_url,
+            "sales": sales_url,
+            "rows": len(sales),
+            "last_day": sales["date"].max(),
+        }
     return written

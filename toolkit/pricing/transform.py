@@ -4,21 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-__all__ = ["history_window", "weekly_sales"]
+from toolkit.pricing import periods
 
-
-def history_window(period: str, history_weeks: int) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """First and last Monday of the ``history_weeks`` complete weeks that end in ``period``.
-
-    Args:
-        period: month as ``YYYY-MM``; the last week is the last one ending inside it.
-        history_weeks: number of weeks in the window.
-    """
-    month_end = pd.Period(period, freq="M").end_time.normalize()
-    # The week of the month's last Sunday is the last complete one.
-    last_monday = month_end - pd.Timedelta(days=(month_end.dayofweek + 1) % 7 + 6)
-    first_monday = last_monday - pd.Timedelta(weeks=history_weeks - 1)
-    return first_monday, last_monday
+__all__ = ["history", "weekly_sales"]
 
 
 def weekly_sales(
@@ -28,16 +16,23 @@ def weekly_sales(
     history_weeks: int,
     min_weeks_with_sales: int,
     category: str | None = None,
+    max_gap_weeks: int = 8,
 ) -> pd.DataFrame:
     """Weekly units, revenue, average price and promotion share per product.
 
-    Missing weeks are filled with zero units at list price so every product has the whole
-    window; products sold in fewer than ``min_weeks_with_sales`` weeks are dropped.
+    The weeks are the history of a run pricing ``period`` (``periods.timeline``): the
+    ``history_weeks`` complete weeks before it, ending at most ``max_gap_weeks`` before
+    it; later sales are never read. A product's weeks without sales are filled with zero
+    units at list price so every product has the whole window; products sold in fewer
+    than ``min_weeks_with_sales`` weeks are dropped.
 
     Raises:
-        ValueError: when the raw data does not cover the window, naming both.
+        ValueError: when there are no sales, or no product has enough weeks with sales.
+        periods.HistoryError: when the sales end too long before the period, or weeks of
+            its history have no sales at all (naming them).
     """
-    first, last = history_window(period, history_weeks)
+    window = history(sales, period, history_weeks, max_gap_weeks)
+    first, last = window.history[0], window.history[-1]
     products = catalog if category is None else catalog[catalog["category"] == category]
     if products.empty:
         raise ValueError(f"no products in category {category!r}")
@@ -45,17 +40,10 @@ def weekly_sales(
         (sales["date"] >= first)
         & (sales["date"] < last + pd.Timedelta(days=7))
         & sales["product_id"].isin(products["product_id"])
-    ].copy()
-    if days.empty or days["date"].max() < last:
-        have = (
-            f"{sales['date'].min():%Y-%m-%d}..{sales['date'].max():%Y-%m-%d}"
-            if len(sales)
-            else "none"
-        )
-        raise ValueError(
-            f"raw sales end before period {period}: need data through "
-            f"{last + pd.Timedelta(days=6):%Y-%m-%d}, have {have}"
-        )
+    ]
+    # Sums depend on the order of their terms in the last bits: the same sales in another
+    # row order (other files, another export) must give the same weeks, and the same plan.
+    days = days.sort_values(["product_id", "date"], kind="stable", ignore_index=True)
     days["week"] = days["date"] - pd.to_timedelta(days["date"].dt.dayofweek, unit="D")
     days["revenue"] = days["units"] * days["unit_price"]
     weekly = days.groupby(["product_id", "week"], as_index=False).agg(
@@ -65,7 +53,7 @@ def weekly_sales(
         promo_share=("promo", "mean"),
     )
     grid = pd.MultiIndex.from_product(
-        [products["product_id"], pd.date_range(first, last, freq="7D")],
+        [products["product_id"], window.history],
         names=["product_id", "week"],
     ).to_frame(index=False)
     weekly = grid.merge(weekly, on=["product_id", "week"], how="left").merge(
@@ -79,6 +67,11 @@ def weekly_sales(
     weekly["avg_price"] = paid.fillna(weekly["mean_price"]).fillna(weekly["list_price"])
     sold_weeks = weekly[weekly["units"] > 0].groupby("product_id").size()
     keep = sold_weeks[sold_weeks >= min_weeks_with_sales].index
+    if keep.empty:  # an empty table would fail later steps with nothing to explain it
+        raise ValueError(
+            f"no product sold in at least {min_weeks_with_sales} of the {history_weeks} "
+            "weeks (load_transform.min_weeks_with_sales)"
+        )
     weekly = weekly[weekly["product_id"].isin(keep)]
     columns = [
         "product_id",
@@ -92,3 +85,44 @@ def weekly_sales(
         "unit_cost",
     ]
     return weekly[columns].sort_values(["product_id", "week"]).reset_index(drop=True)
+
+
+def history(
+    sales: pd.DataFrame, period: str, history_weeks: int, max_gap_weeks: int
+) -> periods.Timeline:
+    """The weeks a run for ``period`` learns from, checked against the sales it has.
+
+    Raises:
+        ValueError: there are no sales.
+        periods.HistoryError: the sales end too long before the period, or weeks of the
+            history have no sales at all (naming them).
+    """
+    if sales.empty:  # min()/max() of no dates is NaT, which explains nothing
+        raise ValueError("raw sales have no rows: nothing to aggregate")
+    window = periods.timeline(period, sales["date"].max(), history_weeks, max_gap_weeks)
+    _check_every_week_has_sales(sales, window)
+    return window
+
+
+def _check_every_week_has_sales(sales: pd.DataFrame, window: periods.Timeline) -> None:
+    # A history week without a single sale in the whole market is missing data, not a
+    # quiet week: filled with zeros it would read as a collapse in demand.
+    first, last = window.history[0], window.history[-1]
+    days = pd.DatetimeIndex(sales["date"].unique())
+    days = days[(days >= first) & (days < last + pd.Timedelta(days=7))]
+    missing = window.history.difference(days - pd.to_timedelta(days.dayofweek, unit="D"))
+    if missing.empty:
+        return
+    where = f"the {len(window.history)}-week history of period {window.period} ({first:%Y-%m-%d}.."
+    where += f"{last + pd.Timedelta(days=6):%Y-%m-%d}, load_transform.history_weeks)"
+    start = sales["date"].min()
+    if start > first:
+        raise periods.HistoryError(
+            f"raw sales start on {start:%Y-%m-%d}, after {where} begins: "
+            f"{len(missing)} weeks have no sales"
+        )
+    shown = ", ".join(f"{week:%Y-%m-%d}" for week in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    raise periods.HistoryError(
+        f"raw sales have no rows in {len(missing)} weeks of {where}: weeks of {shown}{more}"
+    )

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+
 import pytest
+from helpers import PROJECT_DIR, toolkit, toolkit_env
 
 from toolkit.config import ConfigError, load_yaml_text, parse_patch, resolve
 
@@ -217,3 +221,87 @@ def test_deep_nesting_is_one_line_not_a_recursion_error(depth):
 def test_periods_in_other_digits_are_refused(project, period):
     with pytest.raises(ConfigError, match=r"period: must be a month as YYYY-MM"):
         resolve(patches=["country=US", f"period={period}"])
+
+
+def test_duplicate_keys_in_project_layers_and_env_yaml_are_named(project):
+    market = project / "configs" / "markets" / "US.yaml"
+    market.write_text(market.read_text() + "optimize:\n  weights:\n    margin: 0.9\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'optimize' \(lines 2 and \d+\)") as err:
+        resolve(patches=["country=US"], project_dir=project)
+    assert "configs/markets/US.yaml: YAML error" in str(err.value)
+
+    env = project / "env.yaml"
+    env.write_text('country: "US"\nperiod: "2026-11"\ncountry: "DE"\n')
+    with pytest.raises(ConfigError, match=r"duplicate key 'country' \(lines 1 and 3\)") as err:
+        resolve(project_dir=project)
+    assert f"{env}: YAML error" in str(err.value)
+
+
+def test_an_unhashable_key_is_a_yaml_error_not_a_type_error():
+    with pytest.raises(ConfigError, match=r"bad\.yaml: YAML error at line 1.*unhashable key"):
+        load_yaml_text("? [a, b]\n: 1\n", "bad.yaml")
+
+
+def test_a_long_patch_is_shown_by_its_start():
+    with pytest.raises(ConfigError) as err:
+        parse_patch("optimize.weights=" + "[" * 5000 + "]" * 5000)
+    (problem,) = str(err.value).splitlines()[1:]
+    assert problem.startswith("  - --patch 'optimize.weights=[[[") and len(problem) < 200
+    assert problem.endswith("nested deeper than 32 levels")
+
+
+@pytest.mark.parametrize("country", ["ＵS", "ＵＳ", "US\n"])
+def test_market_codes_are_ascii_capitals_in_full(project, country):
+    with pytest.raises(ConfigError, match="country: must be a two-letter market code"):
+        resolve(country=country, project_dir=project)
+
+
+def test_a_period_from_ploomber_env_in_other_digits_is_refused(project):
+    with pytest.raises(ConfigError, match=r"period: must be a month as YYYY-MM \(got '٢٠٢٦-١١'\)"):
+        resolve(country="US", period="٢٠٢٦-١١", project_dir=project)
+
+
+def deep_patch() -> str:
+    return "optimize.weights=" + "[" * 3000 + "]" * 3000
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--config", "{dup}"],
+            r"{dup}: YAML error at line 4, column 3: duplicate key 'weights' \(lines 2 and 4\)",
+        ),
+        (
+            ["--patch", deep_patch()],
+            r"--patch 'optimize\.weights=\[+\.\.\.': "
+            r"YAML error at line 1, column \d+: nested deeper than 32 levels",
+        ),
+        (
+            ["--patch", "period=２０２６-１１"],
+            r"--patch period=２０２６-１１: "
+            r"period: must be a month as YYYY-MM \(got '２０２６-１１'\)",
+        ),
+    ],
+    ids=["duplicate-key", "deep-patch", "full-width-period"],
+)
+def test_bad_config_is_a_short_error_from_the_command(args, message, local_root, tmp_path):
+    dup = write(
+        tmp_path / "dup.yaml", "optimize:\n  weights:\n    margin: 1\n  weights:\n    margin: 2\n"
+    )
+    args = [arg.replace("{dup}", dup) for arg in args]
+    result = toolkit(["run", *args], toolkit_env(local_root), check=False)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == "invalid configuration:" and len(lines) == 2
+    assert re.fullmatch(r"  - " + message.replace("{dup}", re.escape(dup)), lines[1]), lines[1]
+
+
+def test_a_duplicate_key_in_env_yaml_is_a_short_error_from_the_command(project, local_root):
+    shutil.copy(PROJECT_DIR / "pipeline.yaml", project / "pipeline.yaml")
+    (project / "env.yaml").write_text('country: "US"\ncountry: "DE"\n')
+    result = toolkit(["config", "show"], toolkit_env(local_root), cwd=project, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    where = f"{project / 'env.yaml'}: YAML error at line 2, column 1"
+    assert f"{where}: duplicate key 'country' (lines 1 and 2)" in result.stderr

@@ -13,6 +13,8 @@ from toolkit.pricing.demo_data import (
     generate,
     make_catalog,
     make_sales,
+    sales_end,
+    write,
 )
 
 SMALL = 60  # enough products for every property that doesn't need the full catalog
@@ -251,3 +253,31 @@ def test_shorter_window_and_subset_catalog(us_small):
     assert len(sales) == 5 * 90
     assert sales["date"].min() == pd.Timestamp("2025-01-01")
     assert list(sales["product_id"].unique()) == list(subset["product_id"])
+
+
+@pytest.mark.parametrize(
+    ("as_of", "end"),
+    [
+        ("2026-12-04", "2026-11-29"),  # a Friday: the week in progress is not written
+        ("2026-12-06", "2026-11-29"),  # a Sunday is not over yet
+        ("2026-12-07", "2026-12-06"),  # a Monday: last week is complete
+    ],
+)
+def test_sales_end_with_the_last_complete_week_before_the_day(as_of, end):
+    assert sales_end(as_of) == pd.Timestamp(end)
+
+
+def test_written_sales_plan_this_month_and_next(local_root):
+    from toolkit.data import io, schemas
+    from toolkit.pricing import transform
+
+    written = write(["SE"], n_products=4, root=local_root, as_of="2026-12-04")["SE"]
+    assert written["last_day"] == pd.Timestamp("2026-11-29")
+    sales = io.read(written["sales"], schemas.RawSales)
+    catalog = io.read(written["catalog"], schemas.Catalog)
+    assert (sales["date"].min(), sales["date"].max()) == (pd.Timestamp(START), pd.Timestamp(END))
+    for period in ("2026-12", "2027-01"):
+        weekly = transform.weekly_sales(sales, catalog, period, 156, 10)
+        assert weekly["week"].max() == pd.Timestamp("2026-11-23")
+    later = generate(["SE"], n_products=4, as_of="2027-03-10")["SE"][1]
+    assert later["date"].max() == pd.Timestamp("2027-03-07")

@@ -12,7 +12,7 @@ from toolkit.pricing import demo_data, transform, underperformers
 def weekly():
     catalog = demo_data.make_catalog("US", n_products=60)
     sales = demo_data.make_sales("US", catalog)
-    return transform.weekly_sales(sales, catalog, "2026-11", 156, 26)
+    return transform.weekly_sales(sales, catalog, "2026-12", 156, 26)  # data through Nov 29
 
 
 def test_flags_the_products_that_really_decline(weekly):
