@@ -34,12 +34,16 @@ demo: install ## Write the synthetic demo data, run the pipeline for the default
 	$(VENV)/bin/toolkit demo-data
 	$(VENV)/bin/toolkit run
 
-app: install ## Serve the app on http://127.0.0.1:8501 (writes demo data if the store has none)
+app: install ## Serve the app on http://127.0.0.1:8501 with a worker for its runs (demo data if none)
 	@if [ -z "$$(cd app && ../$(PY) -c 'from logic import page_data; from toolkit.data import storage; print(*page_data.markets_with_data(storage.root()))')" ]; then \
 	  echo "The store has no sales data yet: writing the SYNTHETIC demo data."; \
 	  $(VENV)/bin/toolkit demo-data; \
 	fi
-	$(VENV)/bin/streamlit run app/main.py --server.address 127.0.0.1
+	@# One local worker runs what the app queues; it stops with the app (a run in flight is
+	@# handed back to the queue and resumed by the next worker), leaving no process behind.
+	@$(VENV)/bin/toolkit worker & worker=$$!; \
+	  trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT; \
+	  $(VENV)/bin/streamlit run app/serve.py --server.address 127.0.0.1
 
 test: install ## Run the test suite
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -26,8 +26,8 @@ def _resolve_or_exit(configs, patches) -> config_mod.ResolvedConfig:
 
 
 class _Commands(click.Group):
-    """The command group: outside a project, or with a bad ``TOOLKIT_*`` knob, every command
-    says so in one line."""
+    """The command group: outside a project, with a bad ``TOOLKIT_*`` knob, or with storage
+    that fails, every command says so in one line (the message names the URL and endpoint)."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -35,6 +35,12 @@ class _Commands(click.Group):
         except (project.NotInProject, settings.SettingError) as exc:
             click.echo(f"toolkit: {exc}", err=True)
             sys.exit(2)
+        except Exception as exc:
+            # Storage is imported only by commands that use it: checked only on an error.
+            if not isinstance(exc, storage_errors()):
+                raise
+            click.echo(f"toolkit: {exc}", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,13 +95,64 @@ def config_show(patches, configs, as_json) -> None:
 @click.option("--markets", default=None, help="Comma-separated market codes (default: all).")
 @click.option("--products", "n_products", default=240, show_default=True, type=int)
 @click.option("--seed", default=42, show_default=True, type=int)
-def demo_data_command(markets, n_products, seed) -> None:
+@click.option(
+    "--as-of",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="Write sales through the last complete week before this day (default: today).",
+)
+def demo_data_command(markets, n_products, seed, as_of) -> None:
     """Write the SYNTHETIC demo sales and catalogs to the storage root."""
     from toolkit.pricing import demo_data
 
     chosen = [m.strip().upper() for m in markets.split(",")] if markets else None
-    for market, urls in demo_data.write(chosen, n_products=n_products, seed=seed).items():
-        click.echo(f"{market}: {urls['sales']} ({urls['rows']:,} rows), {urls['catalog']}")
+    day = as_of.date() if as_of else None
+    for market, urls in demo_data.write(chosen, n_products, seed, as_of=day).items():
+        click.echo(
+            f"{market}: {urls['sales']} ({urls['rows']:,} rows through "
+            f"{urls['last_day']:%Y-%m-%d}), {urls['catalog']}"
+        )
+
+
+@main.group("sources")
+def sources_group() -> None:
+    """The raw tables a run reads (load_transform.sources)."""
+
+
+@sources_group.command("check")
+@_patch_option
+@_config_option
+def sources_check(patches, configs) -> None:
+    """Read a run's sources and check them, without running anything: rows, dates,
+    products and problems (exit status 1 when there are any)."""
+    from toolkit.data import sources, storage
+    from toolkit.pricing import transform
+
+    resolved = _resolve_or_exit(configs, patches)
+    cfg, section = resolved.config, resolved.section("load_transform")
+    run = {"market": cfg.country, "period": cfg.period, "root": storage.root()}
+    found = {name: sources.summarise(name, section["sources"], run) for name in sources.TABLES}
+    for summary in found.values():
+        for line in summary.lines():
+            click.echo(line)
+    problems = sum(len(summary.problems) for summary in found.values())
+    sales, catalog = found["sales"].frame, found["catalog"].frame
+    if sales is not None:
+        try:
+            window = transform.history(
+                sales, cfg.period, section["history_weeks"], section["max_gap_weeks"]
+            )
+            click.echo(window.describe())
+        except ValueError as exc:
+            click.echo(f"problem: {exc}")
+            problems += 1
+    if sales is not None and catalog is not None:
+        unknown = sorted(set(sales["product_id"]) - set(catalog["product_id"]))
+        if unknown:  # the run leaves them out; worth knowing, not an error
+            click.echo(f"note: {len(unknown)} products sold are not in the catalog: {unknown[:5]}")
+    click.echo(f"{problems} problem{'s' * (problems != 1)}" if problems else "no problems")
+    if problems:
+        sys.exit(1)
 
 
 @main.command("run")
@@ -129,6 +186,9 @@ def run_command(patches, configs, force, run_id, executor, workers, scheduler) -
             progress=_progress,
         )
     except runner.RunFailed as exc:
+        click.echo(f"\n{exc}", err=True)
+        sys.exit(1)
+    except runner.LeaseError as exc:  # another process owns the run: this one stopped
         click.echo(f"\n{exc}", err=True)
         sys.exit(1)
     except (*storage_errors(), *_dask_errors()) as exc:  # evaluated only on an error
@@ -279,7 +339,7 @@ def resume_command(run_id) -> None:
     except runs.RunNotFound as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
-    except RuntimeError as exc:
+    except (RuntimeError, *storage_errors()) as exc:  # RunFailed, RunBusy, LeaseLost
         click.echo(str(exc), err=True)
         sys.exit(1)
     click.echo(runner.describe(record))
@@ -337,6 +397,14 @@ def runs_list(as_json, status, market) -> None:
         for r in rows
         if (not status or r["status"] == status) and (not market or r["market"] == market.upper())
     ]
+    if any(r["status"] == "queued" for r in rows):
+        from toolkit.runs import queue
+
+        places = queue.positions()
+        for r in rows:
+            r["position"] = places.get(r["id"])
+        # The queue on top, in the order it starts; the rest newest first, as listed.
+        rows.sort(key=lambda r: (r["position"] is None, r["position"] or 0))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -350,6 +418,8 @@ def runs_list(as_json, status, market) -> None:
     click.echo(header)
     for r in rows:
         started = (r["started_at"] or "")[:19].replace("T", " ")
+        if r.get("position"):
+            started = f"queued, #{r['position']}"
         duration = f"{r['duration_s']:.0f}s" if r["duration_s"] is not None else "-"
         click.echo(
             f"{r['id']:<40} {r['status']:<12} {r['market'] or '-':<6} "
@@ -368,7 +438,7 @@ def runs_show(run_id, as_json) -> None:
 
     record = _record_or_exit(run_id)
     if as_json:
-        stored = record.to_json()
+        stored = record.model_dump(mode="json")  # URLs resolved against this root
         out = {
             **runs.summary_row(record),
             **{
@@ -437,12 +507,165 @@ def runs_diff(run_a, run_b, as_json) -> None:
 @runs_group.command("cancel")
 @click.argument("run_id")
 def runs_cancel(run_id) -> None:
-    """Ask a running run to stop."""
-    from toolkit.runs import runner
+    """Stop a queued or running run now; its process stops within one heartbeat."""
+    from toolkit.runs import queue, runner
 
-    _record_or_exit(run_id)
-    runner.cancel(run_id)
-    click.echo(f"cancel requested for {run_id}")
+    status = _record_or_exit(run_id).status
+    if status not in ("succeeded", "failed", "cancelled"):
+        try:
+            status = queue.cancel(run_id).status
+        except (*storage_errors(), runner.LeaseError) as exc:
+            click.echo(f"cannot cancel {run_id}: {exc}", err=True)
+            sys.exit(1)
+        if status == "cancelled":
+            click.echo(f"cancelled run {run_id}")
+            return
+    click.echo(f"run {run_id} already {status}; nothing to cancel")
+
+
+@main.command("submit")
+@_patch_option
+@_config_option
+@click.option(
+    "--priority",
+    type=click.IntRange(0, 9),
+    default=0,
+    show_default=True,
+    help="Higher starts first; equal priorities start in submission order.",
+)
+def submit_command(patches, configs, priority) -> None:
+    """Queue a run for a worker (`toolkit worker`); prints its id at once."""
+    from toolkit.runs import queue
+
+    resolved = _resolve_or_exit(configs, patches)
+    try:
+        record = queue.submit(resolved, configs, patches, priority=priority)
+    except storage_errors() as exc:
+        click.echo(f"submit failed: {exc}", err=True)
+        sys.exit(1)
+    click.echo(record.id)
+
+
+@main.command("worker")
+@click.option(
+    "--slots",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Runs at once (default: one per core, within memory at 2 GiB a run).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["serial", "dask"]),
+    default=None,
+    help="Where a run's steps execute (default: config execution.executor).",
+)
+@click.option("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786.")
+@click.option(
+    "--grace",
+    "grace_seconds",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds running runs may finish after SIGTERM before they are handed back.",
+)
+@click.option("--no-schedules", is_flag=True, help="Do not fire configs/schedules.yaml.")
+def worker_command(slots, executor, scheduler, grace_seconds, no_schedules) -> None:
+    """Run queued runs until SIGTERM or Ctrl-C (then hand unfinished ones back)."""
+    from toolkit.data import storage
+    from toolkit.runs import worker
+
+    # The operator's choice: the command line, else configs/ (never a submission).
+    name, executor_options = _executor_choice(_resolve_or_exit((), ()), executor, None, scheduler)
+    options = worker.Options(
+        executor=name,
+        executor_options=executor_options,
+        grace_seconds=grace_seconds,
+        schedules=not no_schedules,
+    )
+    if slots:
+        options.slots = slots
+    worker.Worker(storage.root(), options, progress=_progress).run()
+
+
+@main.group("schedules")
+def schedules_group() -> None:
+    """Runs on a calendar, from configs/schedules.yaml."""
+
+
+def _schedules_or_exit():
+    from toolkit.runs import schedules
+
+    try:
+        return schedules.load()
+    except schedules.ScheduleError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
+def _time_or_exit(value: str | None):
+    import datetime as dt
+
+    if value is None:
+        return dt.datetime.now(dt.UTC)
+    try:
+        at = dt.datetime.fromisoformat(value)
+    except ValueError:
+        _usage_exit(f"--now {value!r}: expected an ISO time such as 2026-12-01T06:00:00+01:00")
+    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+
+
+@schedules_group.command("list")
+@click.option("--now", default=None, help="Next fire times after this ISO time (default: now).")
+@_json_option
+def schedules_list(now, as_json) -> None:
+    """Each schedule, its next fire time and what it last fired."""
+    from toolkit.data import storage
+    from toolkit.runs import schedules
+
+    at, root = _time_or_exit(now), storage.root()
+    rows = []
+    for schedule in _schedules_or_exit():
+        last = schedules.last_fired(schedule, root)
+        rows.append(
+            {
+                "name": schedule.name,
+                "enabled": schedule.enabled,
+                "cron": f"{schedule.cron} ({schedule.timezone})",
+                "next_fire": schedules.next_fire(schedule, at).isoformat(),
+                "last_fire": last["fire_at"] if last else None,
+                "last_runs": last["runs"] if last else [],
+                "run_as": schedule.run_as,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no schedules in configs/schedules.yaml")
+    for r in rows:
+        state = "" if r["enabled"] else "  (disabled)"
+        click.echo(
+            f"{r['name']}: {r['cron']}, next {r['next_fire']}, last {r['last_fire'] or '-'}, "
+            f"runs as {r['run_as']}{state}"
+        )
+
+
+@schedules_group.command("tick")
+@click.option("--now", default=None, help="Fire what is due at this ISO time (default: now).")
+def schedules_tick(now) -> None:
+    """Fire what is due now; the same tick twice submits nothing twice."""
+    from toolkit.runs import schedules
+
+    _schedules_or_exit()  # a broken file: one line, exit 2
+    try:
+        fired = schedules.tick(_time_or_exit(now))
+    except (*storage_errors(), config_mod.ConfigError) as exc:
+        click.echo(f"tick failed: {exc}", err=True)
+        sys.exit(1)
+    for item in fired:
+        click.echo(str(item))
+    if not fired:
+        click.echo("nothing due")
 
 
 # The data scientist's commands: dev, new-step, validate, schemas.

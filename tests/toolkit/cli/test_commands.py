@@ -82,3 +82,64 @@ def test_a_second_checkout_is_its_own_project(project_copy, local_root):
     assert (project_copy / "notebooks" / "price_check.py").exists()
     assert "price_check" not in (PROJECT_DIR / "pipeline.yaml").read_text()
     assert not (PROJECT_DIR / "notebooks" / "price_check.py").exists()
+
+
+def test_demo_data_as_of_writes_through_the_last_complete_week(local_root):
+    out = toolkit(
+        ["demo-data", "--markets", "SE", "--products", "3", "--as-of", "2026-12-04"],
+        toolkit_env(local_root),
+    ).stdout
+    assert "SE: " in out and "rows through 2026-11-29)" in out
+    bad = toolkit(["demo-data", "--as-of", "4.12.2026"], toolkit_env(local_root), check=False)
+    assert bad.returncode == 2 and "'4.12.2026' does not match the format '%Y-%m-%d'" in bad.stderr
+
+
+def test_sources_check_prints_what_a_run_would_read(local_root):
+    demo_data.write(["SE"], n_products=3, root=local_root, as_of="2026-12-04")
+    env = toolkit_env(local_root)
+    good = toolkit(["sources", "check", "--patch", "country=SE", "--patch", "period=2027-01"], env)
+    assert good.stdout.splitlines() == [
+        f"sales: {local_root}/raw/market=SE/sales.parquet (1 file)",
+        "  3,822 rows, 3 products, 2023-06-05 to 2026-11-29",
+        f"catalog: {local_root}/raw/market=SE/catalog.parquet (1 file)",
+        "  3 rows, 3 products",
+        "period 2027-01: history 2023-12-04..2026-11-29 (156 weeks), gap 5 weeks, "
+        "priced weeks 2027-01-04..2027-01-31 (4 weeks)",
+        "no problems",
+    ]
+    too_late = toolkit(
+        ["sources", "check", "--patch", "country=SE", "--patch", "period=2027-03"], env, check=False
+    )
+    assert too_late.returncode == 1
+    assert "problem: raw sales end on 2026-11-29: their last complete week" in too_late.stdout
+    missing = toolkit(["sources", "check", "--patch", "country=NO"], env, check=False)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert f"  problem: no table at {local_root}/raw/market=NO/sales.parquet" in missing.stdout
+    assert missing.stdout.splitlines()[-1] == "2 problems"
+
+
+def test_sources_check_names_file_row_and_column_of_a_bad_csv(local_root, tmp_path):
+    demo_data.write(["SE"], n_products=3, root=local_root, as_of="2026-12-04")
+    csv = tmp_path / "sales.csv"
+    csv.write_text(
+        "Datum;Artikel;Menge;Preis;Aktion\n"
+        "01.12.2025;P0001;3;9,50;false\n"
+        "02.12.2025;P0001;zwei;9,50;false\n"
+    )
+    layer = tmp_path / "sources.yaml"
+    layer.write_text(
+        "load_transform:\n"
+        "  sources:\n"
+        "    sales:\n"
+        f"      url: {csv}\n"
+        "      delimiter: ';'\n"
+        "      decimal: ','\n"
+        "      date_format: '%d.%m.%Y'\n"
+        "      columns: {Datum: date, Artikel: product_id, Menge: units, Preis: unit_price, "
+        "Aktion: promo}\n"
+    )
+    args = ["sources", "check", "--patch", "country=SE", "--config", str(layer)]
+    result = toolkit(args, toolkit_env(local_root), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"  problem: RawSales contract failed on read of {csv} (2 rows):" in result.stdout
+    assert "column 'Menge (units)'" in result.stdout and "'zwei' (row 3)" in result.stdout
