@@ -1,8 +1,9 @@
 """Price recommendations app: launch runs, follow them, read and compare their results.
 
-``make app`` serves it on 127.0.0.1 with the local store; ``TOOLKIT_ROOT`` switches the
-store (e.g. to S3). With sign-in configured (``[auth]`` in .streamlit/secrets.toml) every
-page needs a signed-in user and configs/app.yaml says who may launch.
+``make app`` serves it on 127.0.0.1 with the local store, through ``serve.py`` (the Host
+check); ``TOOLKIT_ROOT`` switches the store (e.g. to S3). With sign-in configured
+(``[auth]`` in .streamlit/secrets.toml) every page needs a signed-in user and
+configs/app.yaml says who may launch and who operates.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import ui  # noqa: E402
 
 st.set_page_config(
     page_title="Price recommendations",
-    page_icon=":material/sell:",
+    # An emoji favicon is drawn in the browser; a :material/: one is fetched from Google.
+    page_icon="🏷️",
     layout="wide",
-    initial_sidebar_state="expanded",
+    # Open on wide screens, closed on phones, where it would cover the page.
+    initial_sidebar_state="auto",
 )
 
 ctx = ui.session()

@@ -57,6 +57,7 @@ class Session:
     root: str
     address: str | None
     settings_error: str | None = None
+    operator: bool = False  # sees the technical layer: files, logs, notebooks, tracebacks
 
     @property
     def exposed_without_auth(self) -> bool:
@@ -122,6 +123,7 @@ def session() -> Session:
         root=storage.root(),
         address=st.get_option("server.address"),
         settings_error=error,
+        operator=access.is_operator(viewer, settings),
     )
 
 
@@ -167,8 +169,9 @@ def sidebar(ctx: Session) -> None:
         if ctx.viewer and ctx.viewer.authenticated:
             st.button("Sign out", on_click=st.logout, icon=":material/logout:")
         st.divider()
-        st.caption("Results are read from")
-        st.text(ctx.root)
+        if ctx.operator:  # a server path: for operators only
+            st.caption("Results are read from")
+            st.text(ctx.root)
         if not ctx.auth_configured:
             st.info(
                 "Local mode: no sign-in is configured, so this app only listens on this "
@@ -204,9 +207,9 @@ def json_output(root: str, url: str) -> Any:
     return page_data.read_json(root, url)
 
 
-@st.cache_data(ttl=OUTPUT_TTL, max_entries=32, show_spinner=False)
-def notebook_text(root: str, url: str) -> str:
-    return page_data.notebook_text(root, url)
+@st.cache_data(ttl=OUTPUT_TTL, max_entries=16, show_spinner=False)
+def notebook_parts(root: str, url: str) -> list:
+    return page_data.notebook_parts(root, url)
 
 
 @st.cache_data(ttl=OUTPUT_TTL, max_entries=16, show_spinner=False)
@@ -215,12 +218,13 @@ def file_bytes(root: str, url: str) -> bytes:
 
 
 @st.cache_data(ttl=60, max_entries=32, show_spinner=False)
-def _categories(root: str, market: str, fingerprint: str) -> list[str]:
-    return page_data.raw_categories(root, market)
+def _catalog_values(root: str, market: str, column: str, fingerprint: str) -> list[str]:
+    return page_data.raw_catalog_values(root, market, column)
 
 
-def categories(root: str, market: str) -> list[str]:
-    """Categories in a market's catalog; keyed by the file's fingerprint, so never stale."""
+def _catalog(root: str, market: str, column: str) -> list[str]:
+    """Values of a column of a market's catalog; keyed by the file's fingerprint, so never
+    stale."""
     from toolkit.runs import cache
 
     url = storage.raw_url(market, "catalog", root)
@@ -228,7 +232,17 @@ def categories(root: str, market: str) -> list[str]:
         fingerprint = cache.file_fingerprint(url)
     except OSError:
         return []
-    return _categories(root, market, fingerprint)
+    return _catalog_values(root, market, column, fingerprint)
+
+
+def categories(root: str, market: str) -> list[str]:
+    return _catalog(root, market, "category")
+
+
+def market_currency(root: str, market: str) -> str:
+    """The currency of a market's prices, from its catalog ("" without data)."""
+    found = _catalog(root, market, "currency")
+    return found[0] if len(found) == 1 else ""
 
 
 def optional_table(root: str, record: RunRecord, step: str, product: str, contract: str):
@@ -247,12 +261,38 @@ def optional_table(root: str, record: RunRecord, step: str, product: str, contra
 # ---------------------------------------------------------------------------
 
 
-def load_run(run_id: str) -> RunRecord | None:
+def find_run(run_id: str | None, ctx: Session | None = None) -> RunRecord | None:
+    """The run a link or picker names, or None after saying which id is missing and
+    offering the way back to the latest runs (never another run in its place)."""
+    detail = ""
     try:
-        return runs.load(run_id)
-    except runs.RunNotFound as exc:
-        st.error(md(exc), icon=":material/error:")
-        return None
+        if run_id:
+            return runs.load(run_id)
+        message = "This link names no run."
+    except runs.RecordUnreadable as exc:
+        message = f"Run {run_id} exists, but its record cannot be read."
+        detail = str(exc)
+    except runs.RunNotFound:
+        message = (
+            f"There is no run {run_id!r}. The link may be mistyped or cut short, or the run "
+            "was removed."
+        )
+    st.error(md(message), icon=":material/link_off:")
+    st.page_link(PAGES["runs"], label="See the latest runs", icon=":material/history:")
+    if detail and ctx is not None:
+        operator_details(ctx, "Why the record cannot be read", detail)
+    return None
+
+
+def load_run(run_id: str) -> RunRecord | None:
+    return find_run(run_id)
+
+
+def operator_details(ctx: Session, title: str, text: str) -> None:
+    """Technical detail (tracebacks, storage paths, logs) for operators only."""
+    if ctx.operator and text:
+        with st.expander(f"{title} (for operators)", icon=":material/engineering:"):
+            st.code(text, language=None)
 
 
 def status_badge(status: str | None) -> None:
@@ -309,41 +349,79 @@ def status_line(record: RunRecord, tz: str | None) -> None:
     text.text(" · ".join(parts))
 
 
-def progress_panel(run_id: str, ctx: Session, *, show_log: bool = True, key: str = "") -> None:
-    """Live progress of one run: refreshes itself while the run is queued or running."""
-    first = load_run(run_id)
+def outcome(record: RunRecord, ctx: Session) -> None:
+    """How a finished run ended, in one sentence; a cancel reads as a cancel."""
+    sentence = page_data.outcome_sentence(record)
+    if not sentence:
+        return
+    if record.status == "cancelled":
+        st.info(md(sentence), icon=":material/cancel:")
+    elif record.status == "interrupted":
+        st.warning(md(sentence), icon=":material/warning:")
+    else:
+        st.error(md(sentence), icon=":material/error:")
+
+
+def progress_panel(
+    run_id: str,
+    ctx: Session,
+    *,
+    show_log: bool = True,
+    key: str = "",
+    background_note: bool = False,
+) -> None:
+    """Live progress of one run: refreshes itself while the run is queued or running, and
+    once more when it ends."""
+    first = find_run(run_id, ctx)
     if first is None:
         return
     was_active = page_data.is_active(first)
 
     def body() -> None:
-        record = load_run(run_id)
+        record = find_run(run_id, ctx)
         if record is None:
             return
+        active = page_data.is_active(record)
+        if background_note and active:
+            st.caption(
+                md(f"Run {run_id} runs in the background; closing this tab does not stop it.")
+            )
         status_line(record, timezone())
         steps_table(record)
-        if record.status == "failed" and record.error:
-            st.error(md(f"The run failed: {record.error}"), icon=":material/error:")
-        can_cancel = page_data.is_active(record) and ctx.decision.allowed
-        if can_cancel and st.button(
-            "Cancel this run", key=f"cancel-{key}-{run_id}", icon=":material/cancel:"
-        ):
-            try:
-                launch.cancel(run_id, ctx.viewer, ctx.settings)
-                st.toast("Cancel requested: the run stops within a few seconds.")
-            except (access.AccessDenied, runs.RunNotFound) as exc:
-                st.error(md(exc))
-        if show_log:
-            with st.expander("Log", icon=":material/article:"):
+        if not active:
+            outcome(record, ctx)
+        if active and ctx.decision.allowed:
+            st.button(
+                "Cancel this run",
+                key=f"cancel-{key}-{run_id}",
+                icon=":material/cancel:",
+                on_click=_cancel,
+                args=(run_id, ctx),
+            )
+        if show_log and ctx.operator:
+            with st.expander("Log (for operators)", icon=":material/article:"):
                 st.code(reports.run_log(record) or "nothing logged yet", language=None)
                 output = launch.launch_log(run_id)
                 if output:
                     st.caption("Output of the run's process")
                     st.code(output[-8000:], language=None)
-        if was_active and not page_data.is_active(record):
+        if was_active and not active:
             st.rerun()  # the run ended: refresh the whole page (results, buttons)
 
     st.fragment(run_every=POLL_SECONDS if was_active else None)(body)()
+
+
+def _cancel(run_id: str, ctx: Session) -> None:
+    with st.spinner("Cancelling the run…"):
+        try:
+            launch.cancel(run_id, ctx.viewer, ctx.settings)
+        except access.AccessDenied as exc:
+            st.toast(md(exc), icon=":material/block:")
+            return
+        except runs.RunNotFound:
+            st.toast(md(f"Run {run_id} is no longer there."), icon=":material/link_off:")
+            return
+    st.toast("Cancelled: the run stops now.", icon=":material/cancel:")
 
 
 # ---------------------------------------------------------------------------
@@ -361,58 +439,92 @@ def _help(spec: forms.FieldSpec) -> str:
 
 
 def _percent(value: float) -> str:
-    return f"{value * 100:+.0f}%" if value else "0% (no change)"
+    return f"{value * 100:+g}%" if value else "0% (no change)"
 
 
-def field_widget(spec: forms.FieldSpec, disabled: bool = False) -> Any:
-    """The widget for one config field; its value comes from session state (key)."""
+def field_label(spec: forms.FieldSpec, currency: str = "") -> str:
+    """The label with its unit: ``Max discount (%)``, ``Markdown budget (EUR)``."""
+    if spec.percent and spec.kind != "float_list":
+        return f"{spec.label} (%)"
+    if spec.money:
+        return f"{spec.label} ({currency or 'market currency'})"
+    return spec.label
+
+
+def field_widget(
+    spec: forms.FieldSpec, slots: dict[str, Any], currency: str = "", disabled: bool = False
+) -> Any:
+    """The widget for one config field (its value comes from session state, by key), the
+    allowed range in words under it, and a slot for its problem in ``slots`` (see
+    ``field_problems``).
+
+    Number boxes take any number and the form checks it: a box that refused a typed value
+    would keep showing it while the old value launched. Sliders and pickers cannot leave
+    their range, so they need no words.
+    """
     key = widget_key(spec)
+    label = field_label(spec, currency)
     common = dict(key=key, help=_help(spec), disabled=disabled)
     if spec.kind == "slider":
         raw = st.slider(
-            spec.label,
+            label,
             min_value=float(spec.minimum),
             max_value=float(spec.maximum),
             step=spec.step,
             **common,
         )
     elif spec.kind == "int":
-        raw = st.number_input(
-            spec.label,
-            min_value=None if spec.minimum is None else int(spec.minimum),
-            max_value=None if spec.maximum is None else int(spec.maximum),
-            step=1,
-            **common,
-        )
+        raw = st.number_input(label, step=1, **common)
     elif spec.kind == "float":
-        big = (spec.maximum or 0) > 1e6
-        raw = st.number_input(
-            spec.label,
-            min_value=spec.minimum,
-            max_value=spec.maximum,
-            step=spec.step,
-            format="%.0f" if big else "%.2f",
-            **common,
-        )
+        if spec.percent:
+            step, fmt = 1.0, "%.1f"
+        elif spec.money or (spec.maximum or 0) > 1e6:
+            step, fmt = 1000.0, "%.0f"
+        else:
+            step, fmt = spec.step, "%.2f"
+        raw = st.number_input(label, step=step, format=fmt, **common)
     elif spec.kind == "float_list":
         current = st.session_state.get(key) or []
         options = sorted({*spec.choices, *(float(v) for v in current)})
         raw = st.multiselect(
-            spec.label,
+            label,
             options,
             format_func=_percent,
             max_selections=spec.max_items,
             **common,
         )
     elif spec.kind == "choice":
-        raw = st.selectbox(spec.label, list(spec.choices), **common)
+        raw = st.selectbox(label, list(spec.choices), **common)
     elif spec.kind == "bool":
-        raw = st.checkbox(spec.label, **common)
+        raw = st.checkbox(label, **common)
     else:
         raw = st.text_input(
-            spec.label, placeholder="none" if spec.optional else "", max_chars=2000, **common
+            label, placeholder="none" if spec.optional else "", max_chars=2000, **common
         )
+    slot = st.empty()
+    if spec.kind in ("int", "float") and spec.bounds_text:
+        slot.caption(md(f"Allowed: {spec.bounds_text}"))
+    slots[spec.key] = slot
     return forms.from_widget(spec, raw)
+
+
+def field_problems(
+    problems: list[forms.FieldProblem], slots: dict[str, Any]
+) -> list[forms.FieldProblem]:
+    """Show each problem under its field; return those that belong to no field."""
+    by_key: dict[str, list[forms.FieldProblem]] = {}
+    for problem in problems:
+        by_key.setdefault(problem.key, []).append(problem)
+    rest = []
+    for key, found in by_key.items():
+        slot = slots.get(key)
+        if slot is None:
+            rest.extend(found)
+            continue
+        with slot.container():
+            for problem in found:
+                st.error(md(f"{problem.label}: {problem.message}"), icon=":material/error:")
+    return rest
 
 
 def set_form_values(values: dict[str, Any]) -> None:

@@ -1,9 +1,10 @@
-"""Who may do what in the app: everyone signed in may view, listed people may launch.
+"""Who may do what in the app: everyone signed in may view, listed people may launch,
+listed operators see the technical layer (files, logs, notebooks, tracebacks).
 
-The allow-list lives in ``configs/app.yaml`` (``TOOLKIT_APP_CONFIG`` points elsewhere),
+The lists live in ``configs/app.yaml`` (``TOOLKIT_APP_CONFIG`` points elsewhere),
 read with the same safe YAML loader as every other config. Without sign-in configured
 the app is a single-user tool on this computer (it only listens on 127.0.0.1), and the
-person at the keyboard may launch.
+person at the keyboard may launch and is the operator.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "Decision",
     "Viewer",
     "can_launch",
+    "is_operator",
     "load_settings",
     "require_launch",
     "settings_path",
@@ -34,6 +36,7 @@ __all__ = [
 ]
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_HOST = re.compile(r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9a-fA-F:]+\]?$")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -52,7 +55,32 @@ class AppSettings(BaseModel):
         "configured; everyone who signs in may view runs and results.",
     )
 
-    @field_validator("launchers")
+    operators: list[str] = Field(
+        default_factory=list,
+        description="Emails of the people who see runs' technical details (files, logs, "
+        "notebooks, tracebacks) when sign-in is configured; without sign-in the person "
+        "at this computer does.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost"],
+        min_length=1,
+        description="Host names the app answers to (the Host header of every request and "
+        "websocket handshake; *.example.com for subdomains). Add the proxy's public name "
+        "when the app runs behind one; anything else is refused, which stops DNS rebinding.",
+    )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        bad = [h for h in value if not _HOST.match(str(h))]
+        if bad:
+            raise ValueError(
+                f"not host names: {bad}; expected names such as localhost, 127.0.0.1 or "
+                "*.example.com, without scheme or port"
+            )
+        return [str(h).strip().lower() for h in value]
+
+    @field_validator("launchers", "operators")
     @classmethod
     def _emails(cls, value: list[str]) -> list[str]:
         bad = [v for v in value if not _EMAIL.match(str(v))]
@@ -166,6 +194,20 @@ def can_launch(viewer: Viewer | None, settings: AppSettings) -> Decision:
         False,
         f"You can view runs and results. To launch runs, ask an administrator to add "
         f"{who} to `launchers` in configs/app.yaml.",
+    )
+
+
+def is_operator(viewer: Viewer | None, settings: AppSettings) -> bool:
+    """May ``viewer`` see runs' technical details? The local user, or a listed operator."""
+    if viewer is None:
+        return False
+    if viewer.local:
+        return True
+    return bool(
+        viewer.authenticated
+        and viewer.email_verified is not False
+        and viewer.email
+        and viewer.email.lower() in settings.operators
     )
 
 

@@ -131,9 +131,8 @@ def relative_path(root: str, url: str) -> str:
 def read_output(root: str, url: str, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
     """The bytes of a file under ``root``; refuses anything else, and huge files."""
     url = check_url(root, url)
-    fs, path = storage.filesystem(url)
     try:
-        size = fs.info(path).get("size")
+        size = storage.info(url).get("size")
     except FileNotFoundError:
         raise FileNotFoundError(f"no file at {url}") from None
     if size is not None and int(size) > max_bytes:

@@ -9,6 +9,7 @@ so a value is always data, never syntax.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -65,6 +66,17 @@ SECTION_TITLES = {
 FORM_CHANGE = "Changed in this form"
 # Suggested price levels for list fields of fractions: -50% .. +50% in 5% steps.
 FRACTION_GRID = tuple(round(x / 100, 2) for x in range(-50, 55, 5))
+# Fractions the form shows as percentages (the config keeps fractions), and amounts of money
+# the form labels with the market's currency.
+PERCENT_KEYS = frozenset(
+    {
+        "optimize.constraints.max_discount",
+        "optimize.constraints.min_margin",
+        "optimize.constraints.price_levels",
+        "underperformers.decline_threshold",
+    }
+)
+MONEY_KEYS = frozenset({"optimize.constraints.markdown_budget"})
 # Why a launch may not set config.OPERATOR_KEYS (endpoints, executors, schedulers, kernels).
 OPERATOR_SETTING = (
     "an operator setting: it comes from configs/ or the environment, not the launch form"
@@ -98,18 +110,44 @@ class FieldSpec:
     max_items: int | None = None
 
     @property
+    def percent(self) -> bool:
+        """A fraction the form shows (and the person types) as a percentage."""
+        return self.key in PERCENT_KEYS
+
+    @property
+    def money(self) -> bool:
+        return self.key in MONEY_KEYS
+
+    def shown(self, value: float) -> str:
+        """A number as the form shows it: ``30%``, ``60,000``, ``0.85``."""
+        if self.percent:
+            return f"{_num(round(value * 100, 6))}%"
+        return _num(value) if abs(value) < 1e4 else f"{value:,.0f}"
+
+    @property
     def bounds_text(self) -> str:
-        """The allowed range in words, e.g. ``0 to 1`` or ``above 0, at most 2``."""
+        """The allowed range in words, e.g. ``0 to 1``, ``above 0, at most 2``, ``0% to 99%``."""
         low = self.minimum is not None
         high = self.maximum is not None
         if low and high and not self.min_exclusive and not self.max_exclusive:
-            return f"{_num(self.minimum)} to {_num(self.maximum)}"
+            return f"{self.shown(self.minimum)} to {self.shown(self.maximum)}"
         parts = []
         if low:
-            parts.append(f"{'above' if self.min_exclusive else 'at least'} {_num(self.minimum)}")
+            word = "above" if self.min_exclusive else "at least"
+            parts.append(f"{word} {self.shown(self.minimum)}")
         if high:
-            parts.append(f"{'below' if self.max_exclusive else 'at most'} {_num(self.maximum)}")
+            word = "below" if self.max_exclusive else "at most"
+            parts.append(f"{word} {self.shown(self.maximum)}")
         return ", ".join(parts)
+
+    def out_of_bounds(self, value: float) -> str | None:
+        """What is wrong with ``value`` in business words, or None when it is allowed."""
+        low, high = self.minimum, self.maximum
+        too_low = low is not None and (value <= low if self.min_exclusive else value < low)
+        too_high = high is not None and (value >= high if self.max_exclusive else value > high)
+        if not (too_low or too_high):
+            return None
+        return f"must be {self.bounds_text}; it is {self.shown(value)}"
 
 
 @dataclass(frozen=True)
@@ -269,7 +307,8 @@ def form_groups(model: type[BaseModel] = config_mod.ToolkitConfig) -> list[Group
 
 
 def to_widget(spec: FieldSpec, value: Any) -> Any:
-    """The value as its widget holds it (``None`` text is an empty box)."""
+    """The value as its widget holds it (``None`` text is an empty box, fractions shown as
+    percentages are percentages)."""
     if spec.kind == "text":
         return "" if value is None else str(value)
     if spec.kind == "float_list":
@@ -277,7 +316,7 @@ def to_widget(spec: FieldSpec, value: Any) -> Any:
     if spec.kind == "int":
         return int(value)
     if spec.kind in ("float", "slider"):
-        return float(value)
+        return round(float(value) * 100, 6) if spec.percent else float(value)
     return value
 
 
@@ -288,6 +327,8 @@ def from_widget(spec: FieldSpec, raw: Any) -> Any:
         return None if (text == "" and spec.optional) else text
     if spec.kind == "float_list":
         return sorted(float(v) for v in (raw or []))
+    if spec.kind in ("float", "slider") and spec.percent and isinstance(raw, int | float):
+        return round(float(raw) / 100, 8)
     return raw
 
 
@@ -428,6 +469,40 @@ class FormCheck:
         return [p for p in self.problems if p.group == group]
 
 
+# Pydantic's messages, reworded for people who set prices (a bound is shown in the form's
+# units by ``plain_message``).
+_PLAIN = (
+    (r"Input should be greater than or equal to (\S+)", "must be at least {}"),
+    (r"Input should be greater than (\S+)", "must be above {}"),
+    (r"Input should be less than or equal to (\S+)", "must be at most {}"),
+    (r"Input should be less than (\S+)", "must be below {}"),
+    (r"List should have at least (\d+) items?.*", "choose at least {}"),
+    (r"List should have at most (\d+) items?.*", "choose at most {}"),
+    (r"Input should be a valid integer.*", "must be a whole number"),
+    (r"Input should be a (valid number|finite number).*", "must be a number"),
+    (r"Input should be a valid (string|list|boolean).*", "is not the right kind of value"),
+    (r"Input should be (.+)", "must be one of {}"),
+    (r"Extra inputs are not permitted", "is not a setting this form knows"),
+)
+
+
+def plain_message(message: str, spec: FieldSpec | None = None) -> str:
+    """A validator's message in business words: no types, patterns or ``(got ...)``."""
+    text = re.sub(r" \(got .*\)$", "", str(message).strip(), flags=re.S)
+    text = text.removeprefix("Value error, ")
+    if text.startswith("String should match pattern"):
+        return f"is not valid: {spec.help}" if spec and spec.help else "is not in the expected form"
+    for pattern, words in _PLAIN:
+        match = re.fullmatch(pattern, text, flags=re.S)
+        if match:
+            value = match.group(1) if match.groups() else ""
+            if spec is not None and "{}" in words and "item" not in pattern:
+                with contextlib.suppress(ValueError):
+                    value = spec.shown(float(value))
+            return words.format(value.replace("'", ""))
+    return text
+
+
 def _problem(key: str, message: str) -> FieldProblem:
     if key in config_mod.IDENTITY_KEYS:
         return FieldProblem(key, message, _label(key), "identity")
@@ -466,7 +541,8 @@ def _identity_problems(identity: Identity, project_dir: Path | str) -> list[Fiel
 
 
 def _pre_check(values: Mapping[str, Any]) -> list[FieldProblem]:
-    """Type checks the config model would report less clearly."""
+    """Types and bounds, checked here to say what is wrong in the form's own words and
+    units (the config model checks them again)."""
     problems = []
     for key, value in values.items():
         if config_mod.operator_key(str(key)):
@@ -477,17 +553,100 @@ def _pre_check(values: Mapping[str, Any]) -> list[FieldProblem]:
         except KeyError:
             problems.append(FieldProblem(key, "not a setting of this form", key, ""))
             continue
-        if spec.kind in ("float", "slider", "int") and (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(float(value))
-        ):
-            problems.append(_problem(key, f"must be a number, got {value!r}"))
-        elif spec.kind == "float_list" and not (
-            isinstance(value, list | tuple)
-            and all(isinstance(v, int | float) and math.isfinite(float(v)) for v in value)
-        ):
-            problems.append(_problem(key, f"must be a list of numbers, got {value!r}"))
+        message = _value_problem(spec, value)
+        if message:
+            problems.append(_problem(key, message))
+    return problems
+
+
+def _is_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def _value_problem(spec: FieldSpec, value: Any) -> str | None:
+    """What is wrong with one field's value, in the form's words, or None."""
+    if spec.kind in ("float", "slider", "int"):
+        if not _is_number(value):
+            return "must be a number"
+        if spec.kind == "int" and float(value) != int(value):
+            return "must be a whole number"
+        return spec.out_of_bounds(float(value))
+    if spec.kind == "float_list":
+        if not (isinstance(value, list | tuple) and all(_is_number(v) for v in value)):
+            return "must be a list of price changes"
+        if spec.min_items and len(value) < spec.min_items:
+            return f"choose at least {spec.min_items}"
+        if spec.max_items and len(value) > spec.max_items:
+            return f"choose at most {spec.max_items}"
+        bad = [v for v in value if not -1 < v <= 1]
+        if bad:
+            shown = ", ".join(f"{v * 100:+g}%" for v in bad)
+            return f"each change must be above -100% and at most +100%; {shown} is not"
+    if spec.kind == "text" and value and spec.pattern and not re.fullmatch(spec.pattern, value):
+        return f"is not valid: {spec.help}" if spec.help else "is not in the expected form"
+    return None
+
+
+def business_rules(cfg: config_mod.ToolkitConfig) -> list[FieldProblem]:
+    """Settings that are each allowed but contradict each other: caught here, in business
+    words, instead of failing a step later."""
+    problems = []
+    history = cfg.load_transform.history_weeks
+    history_name = f"History weeks ({history})"
+    if cfg.load_transform.min_weeks_with_sales > history:
+        problems.append(
+            _problem(
+                "load_transform.min_weeks_with_sales",
+                f"is {cfg.load_transform.min_weeks_with_sales} weeks, more than the "
+                f"{history_name}: no product could qualify. Lower it or look further back.",
+            )
+        )
+    under = cfg.underperformers
+    if under.recent_weeks + under.baseline_weeks > history:
+        problems.append(
+            _problem(
+                "underperformers.baseline_weeks",
+                f"Recent weeks ({under.recent_weeks}) plus baseline weeks "
+                f"({under.baseline_weeks}) need more history than the {history_name}.",
+            )
+        )
+    fc = cfg.forecast
+    needed = math.ceil(1.5 * fc.season_length) + fc.backtest_weeks
+    if needed > history:
+        problems.append(
+            _problem(
+                "forecast.season_length",
+                f"a forecast needs one and a half seasons ({math.ceil(1.5 * fc.season_length)} "
+                f"weeks) plus the {fc.backtest_weeks} backtest weeks, more than the "
+                f"{history_name}.",
+            )
+        )
+    rules = cfg.optimize.constraints
+    if rules.max_changes == 0:
+        problems.append(
+            _problem("optimize.constraints.max_changes", "is 0, so no price could change.")
+        )
+    usable = [level for level in rules.price_levels if level != 0 and -level <= rules.max_discount]
+    if not usable:
+        problems.append(
+            _problem(
+                "optimize.constraints.price_levels",
+                "no price change is allowed: every cut is deeper than the max discount "
+                f"({rules.max_discount * 100:g}%) and there is no increase. Add a level.",
+            )
+        )
+    elif rules.markdown_budget == 0 and all(level < 0 for level in usable):
+        problems.append(
+            _problem(
+                "optimize.constraints.markdown_budget",
+                "is 0, which allows no price cut, and every price level is a cut: no price "
+                "could change. Raise the budget or add a price increase.",
+            )
+        )
     return problems
 
 
@@ -505,7 +664,7 @@ def check(
     try:
         base = baseline(identity, project_dir)
     except config_mod.ConfigError as exc:
-        result.problems = [_problem(p.key, p.message) for p in exc.problems]
+        result.problems = [_problem(p.key, _plain_for(p.key, p.message)) for p in exc.problems]
         return result
     result.problems = _pre_check(values)
     if result.problems:
@@ -516,10 +675,22 @@ def check(
         result.problems = [FieldProblem("", str(exc))]
         return result
     try:
-        result.resolved = config_mod.resolve(patches=result.patches, project_dir=project_dir)
+        resolved = config_mod.resolve(patches=result.patches, project_dir=project_dir)
     except config_mod.ConfigError as exc:
-        result.problems = [_problem(p.key, p.message) for p in exc.problems]
+        result.problems = [_problem(p.key, _plain_for(p.key, p.message)) for p in exc.problems]
+        return result
+    result.problems = business_rules(resolved.config)
+    if not result.problems:
+        result.resolved = resolved
     return result
+
+
+def _plain_for(key: str, message: str) -> str:
+    try:
+        spec = field_spec(key)
+    except KeyError:
+        spec = None
+    return plain_message(message, spec)
 
 
 # ---------------------------------------------------------------------------
@@ -537,6 +708,22 @@ def display_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return ", ".join(display_value(v) for v in value)
     return str(value)
+
+
+def display_setting(key: str, value: Any, currency: str = "") -> str:
+    """A setting's value as the form shows it: percentages as percentages, money with its
+    currency when known."""
+    try:
+        spec = field_spec(key)
+    except KeyError:
+        return display_value(value)
+    if spec.percent and isinstance(value, list | tuple):
+        return ", ".join(f"{v * 100:+g}%" if v else "0%" for v in value)
+    if spec.percent and _is_number(value):
+        return spec.shown(float(value))
+    if spec.money and _is_number(value):
+        return f"{value:,.0f} {currency}".strip()
+    return display_value(value)
 
 
 def describe_origin(origin: str, patch: str = "Set at launch") -> str:
@@ -563,7 +750,7 @@ def setting_label(key: str) -> str:
     return f"{SECTION_TITLES.get(spec.group, _label(spec.group))}: {spec.label}"
 
 
-def differences(resolved: config_mod.ResolvedConfig) -> list[dict[str, str]]:
+def differences(resolved: config_mod.ResolvedConfig, currency: str = "") -> list[dict[str, str]]:
     """Settings that differ from the defaults or come from an overlay, with their layer."""
     defaults = values_of(config_mod.ToolkitConfig().model_dump(mode="json"))
     rows = []
@@ -578,8 +765,8 @@ def differences(resolved: config_mod.ResolvedConfig) -> list[dict[str, str]]:
         rows.append(
             {
                 "Setting": setting_label(key),
-                "Value": display_value(value),
-                "Default": display_value(defaults.get(key)),
+                "Value": display_setting(key, value, currency),
+                "Default": display_setting(key, defaults.get(key), currency),
                 "Set by": describe_origin(origin, FORM_CHANGE),
                 "Key": key,
             }

@@ -1,11 +1,10 @@
-"""Start runs from the app: checked first, recorded at once, executed in the background.
+"""Start runs from the app: checked first, then queued for a worker.
 
-``launch`` checks the form (``forms.check``) and the person (``access``), writes the run's
-``queued`` record so every app replica shows it immediately, then starts
-``python -m toolkit.cli.commands run --run-id ID --patch=...`` as a detached process: an argv list,
-never a shell, in a session of its own, so neither a reload, a closed tab nor a restart
-of the app stops it. The run's progress lives in its record in storage; the process's
-own output goes to a log file on the machine that launched it.
+``launch`` checks the form (``forms.check``) and the person (``access``), then submits the
+run to the queue in storage (``toolkit.runs.queue``): its ``queued`` record shows at once
+on every app replica, and a worker (``toolkit worker``; ``make app`` starts one) runs it
+within its slots, on the cluster the operator chose. The app starts no process, so
+neither a reload, a closed tab nor a restart of the app loses a run.
 """
 
 from __future__ import annotations
@@ -13,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import subprocess
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +22,6 @@ from logic import access, forms
 from toolkit import config as config_mod
 from toolkit import project
 from toolkit.data import storage
-from toolkit.runs import store as runs
 from toolkit.runs.record import RunRecord
 
 __all__ = [
@@ -40,10 +36,6 @@ __all__ = [
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,119}$")
 LOG_TAIL_CHARS = 20_000
-# The process needs several seconds (Ploomber's import alone takes ~8 s) before it takes
-# the queued record over and starts beating; until then the record reads as queued for up
-# to 4 x this + 2 seconds instead of looking interrupted after 22 s.
-QUEUED_HEARTBEAT_SECONDS = 45.0
 
 
 class LaunchRefused(ValueError):
@@ -57,10 +49,8 @@ class LaunchRefused(ValueError):
 @dataclass
 class Launched:
     run_id: str
-    pid: int
-    argv: list[str]
-    log_path: Path
     record: RunRecord | None = None
+    position: int | None = None  # its place in the queue when it was submitted
 
 
 def warm_up() -> None:
@@ -122,49 +112,13 @@ def build_argv(run_id: str, patches: Sequence[str], python: str | None = None) -
     return argv
 
 
-def _environment(viewer: access.Viewer, root: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        TOOLKIT_ROOT=root,
-        TOOLKIT_LAUNCHER=viewer.launcher,
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def _watch(process: subprocess.Popen, run_id: str, root: str) -> None:
-    """Wait for the process (no zombies); if it died before taking the run over, say so."""
-    code = process.wait()
-    try:
-        record = runs.load(run_id, root)
-    except runs.RunNotFound:
-        return
-    if record.launched_from != "app" or record.stored_status != "queued":
-        return  # the process re-created the record: the run's own record tells the story
-    output = (launch_log(run_id, 3000) or "").strip()
-    record.stored_status = None
-    record.status = "failed"
-    record.finished_at = runs.now()
-    record.error = f"the run's process exited with code {code} before the run started" + (
-        f"; its last output:\n{output}" if output else ""
-    )
-    runs.save(record, root)
-
-
-def _reap(process: subprocess.Popen, run_id: str, root: str) -> None:
-    # The app outlives its runs: wait for each so none lingers as a zombie.
-    threading.Thread(
-        target=_watch, args=(process, run_id, root), daemon=True, name="toolkit-reaper"
-    ).start()
-
-
 def launch(
     identity: forms.Identity,
     values: Mapping[str, Any],
     viewer: access.Viewer | None,
     settings: access.AppSettings | None = None,
 ) -> Launched:
-    """Check, record and start a run in the background; return at once.
+    """Check the run and queue it for a worker; return at once.
 
     Raises:
         AccessDenied: ``viewer`` may not launch.
@@ -188,51 +142,18 @@ def launch(
                 )
             ]
         )
-    cfg = checked.resolved.config
-    run_id = runs.new_id(cfg.country, cfg.period)
-    argv = build_argv(run_id, checked.patches)
+    patches = [_check_patch(p) for p in checked.patches]
+    from toolkit.runs import queue  # imports the run loop (seconds): only when launching
 
-    # The queued record first, so the run shows at once on every replica. The process
-    # re-creates it with the same content when it starts (see the report for a CLI that
-    # executes an existing record instead).
-    from toolkit.runs import runner  # imports Ploomber (seconds): only when launching
-
-    record = runner.create(
-        checked.resolved,
-        patches=checked.patches,
-        run_id=run_id,
-        launcher=viewer.launcher,
-        launched_from="app",
-        heartbeat_seconds=QUEUED_HEARTBEAT_SECONDS,
+    record = queue.submit(
+        checked.resolved, patches=patches, launcher=viewer.launcher, launched_from="app"
     )
-
-    path = log_path(run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(path, "ab") as log:
-            process = subprocess.Popen(  # noqa: S603 - an argv list; no shell is involved
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(project.root()),
-                env=_environment(viewer, root),
-                start_new_session=True,
-                close_fds=True,
-            )
-    except OSError as exc:
-        record.status = "failed"
-        record.error = f"could not start the run: {exc}"
-        record.finished_at = runs.now()
-        runs.save(record, root)
-        raise
-    _reap(process, run_id, root)
-    return Launched(run_id=run_id, pid=process.pid, argv=argv, log_path=path, record=record)
+    return Launched(run_id=record.id, record=record, position=queue.positions(root).get(record.id))
 
 
 def cancel(run_id: str, viewer: access.Viewer | None, settings: access.AppSettings | None = None):
-    """Ask a queued or running run to stop (it notices within one heartbeat)."""
+    """Cancel a queued run, or stop a running one (it notices within one heartbeat)."""
     access.require_launch(viewer, settings or access.load_settings())
-    from toolkit.runs import runner
+    from toolkit.runs import queue
 
-    runner.cancel(run_id)
+    queue.cancel(run_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -37,12 +38,14 @@ __all__ = [
     "notebooks",
     "output_files",
     "pipeline_steps",
+    "queue_positions",
     "read_json",
     "read_table",
     "recommendations",
     "rerun_seed",
     "run_label",
     "run_rows",
+    "schedule_rows",
     "step_rows",
 ]
 
@@ -196,11 +199,12 @@ def run_rows(records: Iterable[RunRecord], tz: str | None = None) -> list[dict]:
                 "Market": row.get("market") or "",
                 "Period": row.get("period") or "",
                 "Category": row.get("category") or "all",
-                "Launched by": str(row.get("launcher") or ""),
+                "What changed": what_changed(record),
+                "Run": row.get("id") or "",
                 "Started": format_time(row.get("started_at") or record.created_at, tz),
                 "Duration": format_duration(_elapsed(record)),
+                "Launched by": str(row.get("launcher") or ""),
                 "Steps reused": reused,
-                "Run": row.get("id") or "",
                 "status": row.get("status") or "unreadable",
             }
         )
@@ -259,9 +263,11 @@ def step_rows(record: RunRecord, steps: Sequence[str] | None = None) -> list[dic
             if start is not None:
                 duration = (dt.datetime.now(dt.UTC) - start).total_seconds()
             detail = "running now"
-        elif info and status in ("failed", "cancelled", "interrupted"):
-            error = str(info.error or status)
-            detail = error.strip().splitlines()[-1][:300] if error.strip() else status
+        elif info and status == "cancelled":
+            detail = "cancelled"
+        elif info and status in ("failed", "interrupted"):
+            error = str(info.error or status).strip()
+            detail = without_paths(error.splitlines()[-1])[:300] if error else status
         elif status == "succeeded":
             detail = "done"
         elif status == "skipped":
@@ -320,15 +326,42 @@ def notebook_text(root: str, url: str) -> str:
     return reports.notebook_text(browse.check_url(root, url))
 
 
-def raw_categories(root: str, market: str) -> list[str]:
-    """Categories in a market's raw catalog (one column read), or none without data."""
+def notebook_parts(root: str, url: str) -> list[tuple[str, Any]]:
+    """An executed notebook as ("code" | "text" | "image", content) in order: code cells,
+    their printed and plain-text results, and their figures (PNG bytes). Never HTML."""
+    import base64
+
+    notebook = read_json(root, url)
+    parts: list[tuple[str, Any]] = []
+    for cell in notebook.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        source = "".join(cell.get("source") or "")
+        if source.strip():
+            parts.append(("code", source))
+        for output in cell.get("outputs") or []:
+            data = output.get("data") or {}
+            if output.get("output_type") == "stream":
+                parts.append(("text", "".join(output.get("text") or "")))
+            elif "image/png" in data:
+                parts.append(("image", base64.b64decode("".join(data["image/png"]))))
+            elif "text/plain" in data:
+                parts.append(("text", "".join(data["text/plain"])))
+            elif output.get("output_type") == "error":
+                parts.append(("text", f"{output.get('ename')}: {output.get('evalue')}"))
+    return parts
+
+
+def raw_catalog_values(root: str, market: str, column: str) -> list[str]:
+    """Distinct values of one column of a market's raw catalog (only that column is read),
+    or none without data."""
     url = storage.raw_url(market, "catalog", root)
     try:
         with storage.open_url(url, "rb") as fh:
-            table = pq.read_table(fh, columns=["category"])
+            table = pq.read_table(fh, columns=[column])
     except (FileNotFoundError, OSError, KeyError, ValueError):
         return []
-    return sorted({str(c) for c in table.column("category").to_pylist() if c})
+    return sorted({str(c) for c in table.column(column).to_pylist() if c})
 
 
 def markets_with_data(root: str) -> list[str]:
@@ -336,45 +369,82 @@ def markets_with_data(root: str) -> list[str]:
     return sorted(n.split("=", 1)[1] for n in names if n.startswith("market="))
 
 
-def kpi_cards(kpis: Mapping[str, Any] | None, currency: str = "") -> list[dict[str, Any]]:
-    """The headline numbers of a plan, for ``st.metric`` (currency in the label)."""
+def kpi_cards(
+    kpis: Mapping[str, Any] | None,
+    currency: str = "",
+    config: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The headline numbers of a plan, for ``st.metric``: money with its currency, and the
+    two that have limits (price changes, markdown) against them: ``limit`` says it in
+    words, ``used`` is the share of it used."""
     if not kpis:
         return []
-    unit = f", {currency}" if currency else ""
+    money = currency or "market currency"
+    constraints = _lookup(config or {}, "optimize.constraints") or {}
+    max_changes = constraints.get("max_changes")
+    budget = constraints.get("markdown_budget")
+    n_changes = int(kpis.get("n_changes", 0))
+    spent = float(kpis.get("markdown_spent", 0.0))
     return [
         {
-            "label": f"Revenue change{unit}",
+            "label": f"Revenue change ({money})",
             "value": f"{kpis.get('revenue_change', 0.0):+,.0f}",
             "delta": f"{kpis.get('revenue_change_pct', 0.0):+.1f}%",
             "help": "Expected revenue over the forecast horizon with the new prices, minus "
             "without them.",
+            "limit": None,
+            "used": None,
         },
         {
-            "label": f"Margin change{unit}",
+            "label": f"Margin change ({money})",
             "value": f"{kpis.get('margin_change', 0.0):+,.0f}",
             "delta": f"{kpis.get('margin_change_pct', 0.0):+.1f}%",
             "help": "Expected gross margin over the horizon with the new prices, minus "
             "without them.",
+            "limit": None,
+            "used": None,
         },
         {
-            "label": "Volume change, units",
+            "label": "Volume change (units)",
             "value": f"{kpis.get('volume_change', 0.0):+,.0f}",
             "delta": f"{kpis.get('volume_change_pct', 0.0):+.1f}%",
             "help": "Expected units sold over the horizon with the new prices, minus without.",
+            "limit": None,
+            "used": None,
         },
         {
             "label": "Price changes",
-            "value": f"{int(kpis.get('n_changes', 0)):,}",
+            "value": f"{n_changes:,}",
             "delta": None,
-            "help": "Products whose price the plan changes.",
+            "help": "Products whose price the plan changes, of the most allowed (Max changes).",
+            "limit": f"{n_changes:,} of {int(max_changes):,} allowed" if max_changes else "",
+            "used": n_changes / max_changes if max_changes else 0.0,
         },
         {
-            "label": f"Markdown spent{unit}",
-            "value": f"{kpis.get('markdown_spent', 0.0):,.0f}",
+            "label": f"Markdown spent ({money})",
+            "value": f"{spent:,.0f}",
             "delta": None,
-            "help": "Revenue given up to discounts over the horizon, within the markdown budget.",
+            "help": "Revenue given up to discounts over the horizon, of the markdown budget.",
+            "limit": f"{spent / budget:.0%} of the {budget:,.0f} {money} budget" if budget else "",
+            "used": spent / budget if budget else 0.0,
         },
     ]
+
+
+def price_change_counts(plan: pd.DataFrame) -> pd.DataFrame:
+    """How many products get each price change (percent), the changed ones only."""
+    changed = plan[plan["changed"]]
+    if changed.empty:
+        return pd.DataFrame({"Change (%)": [], "Products": []})
+    counts = (changed["price_change"] * 100).round(0).value_counts().sort_index()
+    return pd.DataFrame({"Change (%)": counts.index.astype(float), "Products": counts.values})
+
+
+def top_products(plan: pd.DataFrame, n: int = 3) -> list[str]:
+    """The changed products with the largest margin effect."""
+    changed = plan[plan["changed"]]
+    effect = (changed["expected_margin"] - changed["baseline_margin"]).abs()
+    return list(changed.assign(effect=effect).nlargest(n, "effect")["product_id"].astype(str))
 
 
 def recommendations(
@@ -439,19 +509,42 @@ def forecast_products(
     return out
 
 
+FORECAST_SERIES = ("Actual", "Forecast at today's price", "Forecast at the recommended price")
+
+
 def history_and_forecast(
-    weekly: pd.DataFrame, forecasts: pd.DataFrame, product_id: str, history_weeks: int = 78
+    weekly: pd.DataFrame,
+    forecasts: pd.DataFrame,
+    product_id: str,
+    history_weeks: int = 78,
+    plan: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Long frame (week, units, series) of one product's recent actuals and forecast."""
+    """Long frame (week, units, series) of one product's recent actuals and its forecast at
+    today's price and, when the plan changes it, at the recommended price (the forecast
+    scaled by the price ratio to the power of the product's elasticity, as the plan does)."""
+    actual, today, recommended = FORECAST_SERIES
     past = weekly[weekly["product_id"].astype(str) == product_id].sort_values("week")
     past = past.tail(history_weeks)
     future = forecasts[forecasts["product_id"].astype(str) == product_id].sort_values("week")
     frames = [
-        pd.DataFrame({"week": past["week"], "units": past["units"], "series": "Actual"}),
-        pd.DataFrame(
-            {"week": future["week"], "units": future["forecast_units"], "series": "Forecast"}
-        ),
+        pd.DataFrame({"week": past["week"], "units": past["units"], "series": actual}),
+        pd.DataFrame({"week": future["week"], "units": future["forecast_units"], "series": today}),
     ]
+    row = None
+    if plan is not None and not future.empty:
+        found = plan[(plan["product_id"].astype(str) == product_id) & plan["changed"]]
+        row = found.iloc[0] if not found.empty else None
+    if row is not None:
+        ratio = float(row["new_price"]) / float(row["current_price"])
+        frames.append(
+            pd.DataFrame(
+                {
+                    "week": future["week"],
+                    "units": future["forecast_units"] * ratio ** future["elasticity"],
+                    "series": recommended,
+                }
+            )
+        )
     out = pd.concat([f for f in frames if not f.empty], ignore_index=True)
     if out.empty:
         return pd.DataFrame({"week": [], "units": [], "series": []})
@@ -499,6 +592,70 @@ def notebooks(record: RunRecord, steps: Sequence[str] | None = None) -> list[dic
                 }
             )
     return out
+
+
+# A URL or an absolute path; ``1/5`` or ``market=US/x`` are not (no scheme, no leading /).
+_PATH = re.compile(r"(?:\b[a-z][a-z0-9+.-]*://|(?<![\w./=-])/)[^\s'\"(),;]+")
+# What to try when a step fails, per step, in the words of the form.
+STEP_ADVICE = {
+    "load_transform": "Check that the market's sales data covers the month, or lower "
+    "History weeks or Min weeks with sales.",
+    "identify_underperformers": "Lower Recent weeks or Baseline weeks, or raise History weeks.",
+    "forecast": "Lower Backtest weeks or Season length, or raise History weeks.",
+    "optimize": "Relax the business constraints (more price levels, a larger budget or discount).",
+    "format_output": "Launch again; if it fails again, ask an operator.",
+}
+
+
+def without_paths(text: str) -> str:
+    """``text`` with server paths and storage URLs cut to their last part (a file name)."""
+
+    def last_part(match: re.Match) -> str:
+        return match.group(0).rstrip("/").rsplit("/", 1)[-1] or "…"
+
+    return _PATH.sub(last_part, str(text))
+
+
+def _cancelled_by(record: RunRecord) -> str:
+    for event in reversed(record.events):
+        found = re.match(r"run cancelled by (\S+)", event.message)
+        if found:
+            return found.group(1)
+    return ""
+
+
+def outcome_sentence(record: RunRecord) -> str:
+    """How a run that is not going any more ended, in one sentence a business user reads:
+    which data or setting caused a failure and what to do. Empty for a success."""
+    if record.status == "cancelled":
+        who = _cancelled_by(record)
+        return f"This run was cancelled{f' by {who}' if who else ''}; nothing was delivered."
+    if record.status == "interrupted":
+        return (
+            "This run stopped without finishing: its process ended (a restart or a crash). "
+            "Launch it again; steps already done are reused."
+        )
+    if record.status != "failed":
+        return ""
+    for name, info in record.steps.items():
+        if info.status != "failed":
+            continue
+        title = name.replace("_", " ").capitalize()
+        for report in info.report:
+            broken = report.get("failures") or []
+            if broken:
+                first = broken[0]
+                what = first.get("description") or first.get("check") or "a rule"
+                return (
+                    f"The {report.get('dataset', 'input')} data broke {len(broken)} rule(s) in "
+                    f"step {title}, for example column {first.get('column', '?')}: {what} "
+                    f"({first.get('count', '?')} values). Correct the data and launch again."
+                )
+        error = str(info.error or "").strip().splitlines()
+        reason = without_paths(error[-1]) if error else "no reason was recorded"
+        advice = STEP_ADVICE.get(name, "Ask an operator.")
+        return f"Step {title} failed: {reason.rstrip('.')}. {advice}"
+    return f"The run failed: {without_paths(record.error or 'no reason was recorded')}."
 
 
 def failures(record: RunRecord) -> list[dict[str, Any]]:
@@ -558,14 +715,76 @@ def output_files(record: RunRecord, root: str) -> list[dict[str, str]]:
 # ---------------------------------------------------------------------------
 
 
+def changed_settings(record: RunRecord) -> list[tuple[str, str]]:
+    """(setting, value as shown) of each form setting the launch changed (``--patch``)."""
+    out = []
+    for spec in forms.form_fields():
+        origin = record.origins.get(spec.key, "")
+        if not origin.startswith("--patch "):
+            continue
+        label = f"{spec.label} weight" if spec.group == "weights" else spec.label
+        out.append((label, forms.display_setting(spec.key, _lookup(record.config, spec.key))))
+    return out
+
+
+def what_changed(record: RunRecord, limit: int = 3) -> str:
+    """The settings a run's launch changed, short: ``Max discount 20%, Revenue weight 0.7``."""
+    changes = changed_settings(record)
+    if not changes:
+        return "no changes"
+    text = ", ".join(f"{label} {value}" for label, value in changes[:limit])
+    return text + (f" +{len(changes) - limit} more" if len(changes) > limit else "")
+
+
 def short_name(record: RunRecord) -> str:
-    return f"{record.market} {record.period} …{record.id[-6:]}"
+    """A run's name where runs sit side by side: identity and what changed."""
+    return f"{record.market} {record.period} · {what_changed(record, 2)}"
 
 
-def compare_params(records: Sequence[RunRecord]) -> pd.DataFrame:
+def run_names(records: Sequence[RunRecord], tz: str | None = None) -> list[str]:
+    """``short_name`` of each run, told apart by start time (then id) where they are alike."""
+    names = [short_name(r) for r in records]
+    for i, record in enumerate(records):
+        if names.count(short_name(record)) > 1:
+            names[i] = f"{names[i]} · {format_time(record.started_at or record.created_at, tz)}"
+    for i, record in enumerate(records):
+        if names.count(names[i]) > 1:
+            names[i] = f"{names[i]} · {record.id[-6:]}"
+    return names
+
+
+def same_scope(records: Sequence[RunRecord], record: RunRecord) -> list[RunRecord]:
+    """Other succeeded runs of the same market and period (and category), newest first."""
+    return [
+        r
+        for r in records
+        if r.id != record.id
+        and r.status == "succeeded"
+        and (r.market, r.period, r.category) == (record.market, record.period, record.category)
+    ]
+
+
+def default_comparison(records: Sequence[RunRecord]) -> list[str]:
+    """Two runs worth comparing: the newest succeeded run and an earlier one of its market
+    and period (older first, as the baseline); else the two newest succeeded runs."""
+    succeeded = [r for r in records if r.status == "succeeded"]
+    for record in succeeded:
+        others = same_scope(succeeded, record)
+        if others:
+            return [others[0].id, record.id]
+    return [r.id for r in reversed(succeeded[:2])]
+
+
+def compare_params(
+    records: Sequence[RunRecord],
+    names: Sequence[str] | None = None,
+    currencies: Sequence[str] = (),
+) -> pd.DataFrame:
     """Settings that differ between the first run and any other, one column per run."""
     if len(records) < 2:
         return pd.DataFrame()
+    names = list(names or run_names(records))
+    currencies = list(currencies) or [""] * len(records)
     first = records[0]
     keys: list[str] = []
     origins: dict[str, list[str]] = {}
@@ -577,9 +796,9 @@ def compare_params(records: Sequence[RunRecord]) -> pd.DataFrame:
     for key in keys:
         values[key] = {}
         origins[key] = []
-        for record in records:
+        for record, name, currency in zip(records, names, currencies, strict=True):
             leaf = _lookup(record.config, key)
-            values[key][short_name(record)] = forms.display_value(leaf)
+            values[key][name] = forms.display_setting(key, leaf, currency)
             origin = record.origins.get(key)
             origins[key].append(forms.describe_origin(origin) if origin else "")
     rows = []
@@ -598,24 +817,95 @@ def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
+MONEY_KPIS = ("revenue_change", "margin_change", "markdown_spent")
+PERCENT_KPIS = ("revenue_change_pct", "margin_change_pct", "volume_change_pct")
+
+
 def compare_kpis(
-    records: Sequence[RunRecord], kpis: Sequence[Mapping[str, Any] | None]
+    records: Sequence[RunRecord],
+    kpis: Sequence[Mapping[str, Any] | None],
+    currencies: Sequence[str] = (),
+    names: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """KPIs per run, and each run's change against the first."""
+    """KPIs per run as text with their unit, and each run's change against the first.
+
+    Amounts of money carry their currency; between runs in different currencies (or of
+    unknown currency) they are never subtracted: the change reads "not comparable" and the
+    percent rows carry the comparison.
+    """
     if not records:
         return pd.DataFrame()
-    names = [short_name(r) for r in records]
+    names = list(names or run_names(records))
+    currencies = list(currencies) or [""] * len(records)
     rows = []
     for key, label in KPI_LABELS.items():
         values = [(k or {}).get(key) for k in kpis]
         if all(v is None for v in values):
             continue
         row: dict[str, Any] = {"KPI": label}
-        for name, value in zip(names, values, strict=True):
-            row[name] = None if value is None else round(float(value), 2)
-        base = values[0]
-        for name, value in zip(names[1:], values[1:], strict=True):
-            delta = None if base is None or value is None else round(float(value) - base, 2)
-            row[f"Δ {name}"] = delta
+        for name, value, currency in zip(names, values, currencies, strict=True):
+            row[name] = _kpi_text(key, value, currency)
+        base, base_currency = values[0], currencies[0]
+        for name, value, currency in zip(names[1:], values[1:], currencies[1:], strict=True):
+            row[f"Δ {name}"] = _kpi_delta(key, base, value, base_currency, currency)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _kpi_text(key: str, value: Any, currency: str) -> str:
+    if value is None:
+        return "–"
+    if key in PERCENT_KPIS:
+        return f"{value:+.1f}%"
+    if key in MONEY_KPIS:
+        sign = "+" if key != "markdown_spent" else ""
+        return f"{value:{sign},.0f} {currency or '(currency unknown)'}"
+    return f"{value:+,.0f}" if key.endswith("_change") else f"{value:,.0f}"
+
+
+def _kpi_delta(key: str, base: Any, value: Any, base_currency: str, currency: str) -> str:
+    if base is None or value is None:
+        return "–"
+    change = float(value) - float(base)
+    if key in PERCENT_KPIS:
+        return f"{change:+.1f} pts"
+    if key in MONEY_KPIS:
+        if not base_currency or base_currency != currency:
+            return "not comparable (different currencies)"
+        return f"{change:+,.0f} {currency}"
+    return f"{change:+,.0f}"
+
+
+def queue_positions(root: str) -> dict[str, int]:
+    """Each queued run's place in the queue (1 starts next), from one listing."""
+    from toolkit.runs import queue
+
+    return queue.positions(root)
+
+
+def schedule_rows(root: str, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """configs/schedules.yaml as rows: when each fires next, what it fired last, as whom.
+
+    Raises:
+        ScheduleError: the file is wrong (the message names the schedule and key).
+    """
+    from toolkit.runs import schedules
+
+    now = now or dt.datetime.now(dt.UTC)
+    rows = []
+    for schedule in schedules.load():
+        last = schedules.last_fired(schedule, root)
+        rows.append(
+            {
+                "Schedule": schedule.name,
+                "When": f"{schedule.cron} ({schedule.timezone})",
+                "Markets": ", ".join(schedule.markets),
+                "Period": schedule.period,
+                "Runs as": schedule.run_as,
+                "Next": schedules.next_fire(schedule, now).isoformat() if schedule.enabled else "",
+                "Last": (last or {}).get("fire_at", ""),
+                "Last runs": ", ".join((last or {}).get("runs", [])),
+                "Enabled": schedule.enabled,
+            }
+        )
+    return rows

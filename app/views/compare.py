@@ -1,4 +1,7 @@
-"""Compare: two or more runs side by side, their setting differences and KPI deltas."""
+"""Compare: two or more runs side by side, their setting differences and KPI changes.
+
+Money is only ever subtracted within one currency: runs of different markets are compared
+by their percent effects."""
 
 from __future__ import annotations
 
@@ -27,11 +30,17 @@ ids = [r.id for r in records]
 labels = {r.id: page_data.run_label(r, tz) for r in records}
 
 if "compare.runs" not in st.session_state:
-    requested = [i for i in (st.query_params.get("runs") or "").split(",") if i in ids]
-    if len(requested) < 2:
-        succeeded = [r.id for r in records if r.status == "succeeded"]
-        requested = list(reversed((succeeded or ids)[:2]))
-    st.session_state["compare.runs"] = requested
+    param = st.query_params.get("runs")
+    if param is None:
+        requested = page_data.default_comparison(records)
+    else:
+        requested = [i for i in param.split(",") if i]
+        missing = [i for i in requested if i not in ids]
+        if missing:  # say which; never compare other runs in their place
+            for run_id in missing:
+                ui.find_run(run_id, ctx)
+            requested = [i for i in requested if i in ids]
+    st.session_state["compare.runs"] = requested[:6]
 chosen = st.multiselect(
     "Runs to compare (the first is the baseline)",
     ids,
@@ -44,14 +53,31 @@ if len(chosen) < 2:
     st.info("Pick at least two runs.", icon=":material/info:")
     st.stop()
 
-loaded = [r for r in (ui.load_run(i) for i in chosen) if r is not None]
-kpis = []
+loaded = [r for r in (ui.find_run(i, ctx) for i in chosen) if r is not None]
+if len(loaded) < 2:
+    st.stop()
+kpis, currencies = [], []
 for record in loaded:
     url = page_data.output_url(record, "optimize", "kpis")
     try:
         kpis.append(ui.json_output(ctx.root, url) if url else None)
     except (FileNotFoundError, browse.OutsideRoot, ValueError, OSError):
         kpis.append(None)
+    catalog = ui.optional_table(ctx.root, record, "load_transform", "catalog", "Catalog")
+    currencies.append(page_data.currency_of(catalog))
+names = page_data.run_names(loaded, tz)
+same_money = len(set(currencies)) == 1 and currencies[0] != ""
+if not same_money:
+    shown = ", ".join(
+        f"{r.market}: {c or 'unknown'}" for r, c in zip(loaded, currencies, strict=True)
+    )
+    st.warning(
+        ui.md(
+            f"These runs count money in different currencies ({shown}), so amounts are shown "
+            "each in its own currency and never subtracted; compare their percent effects."
+        ),
+        icon=":material/currency_exchange:",
+    )
 
 # --- Headline per run --------------------------------------------------------------------
 HEADLINE = (
@@ -61,16 +87,15 @@ HEADLINE = (
     ("n_changes", "Price changes", "{:,.0f}", "{:+,.0f}"),
 )
 base = kpis[0] or {}
-for index, (record, kpi) in enumerate(zip(loaded, kpis, strict=True)):
+for index, (record, kpi, name, currency) in enumerate(
+    zip(loaded, kpis, names, currencies, strict=True)
+):
     with st.container(border=True):
         cols = st.columns([2.2, 1, 1, 1, 1], vertical_alignment="center")
         with cols[0]:
             ui.status_badge(record.status)
-            st.text(
-                f"{'Baseline' if index == 0 else 'Compared'}: {record.market} "
-                f"{record.period} · {record.category or 'all'}"
-            )
-            st.caption(ui.md(record.id))
+            st.text(f"{'Baseline' if index == 0 else 'Compared'}: {name}")
+            st.caption(ui.md(f"Prices in {currency or 'an unknown currency'} · run {record.id}"))
         if kpi is None:
             cols[1].caption("No KPIs: the run did not finish its plan.")
             continue
@@ -89,56 +114,52 @@ for index, (record, kpi) in enumerate(zip(loaded, kpis, strict=True)):
                 delta_arrow=arrow,
             )
 
-# --- KPI deltas --------------------------------------------------------------------------
+# --- Percent effects, one scale per KPI ----------------------------------------------------
+pct = [
+    {"Run": name, "KPI": label, "Change (%)": (k or {}).get(key)}
+    for name, k in zip(names, kpis, strict=True)
+    for key, label in (
+        ("revenue_change_pct", "Revenue"),
+        ("margin_change_pct", "Margin"),
+        ("volume_change_pct", "Volume"),
+    )
+    if (k or {}).get(key) is not None
+]
+if pct:
+    st.subheader("Expected effect of each plan, in percent", divider="gray", anchor=False)
+    st.caption(
+        "Each measure has its own scale, so a 1% margin effect stays readable next to a "
+        "25% volume effect."
+    )
+    frame = pd.DataFrame(pct)
+    for label, column in zip(("Revenue", "Margin", "Volume"), st.columns(3), strict=True):
+        part = frame[frame["KPI"] == label]
+        if part.empty:
+            continue
+        chart = (
+            alt.Chart(part, title=f"{label} change (%)")
+            .mark_bar()
+            .encode(
+                y=alt.Y("Run:N", title=None, sort=names, axis=alt.Axis(labelLimit=160)),
+                x=alt.X("Change (%):Q", title=None),
+                color=alt.Color("Run:N", sort=names, legend=None),
+                tooltip=["Run", alt.Tooltip("Change (%):Q", format="+.2f")],
+            )
+            .properties(height=60 + 36 * len(part))
+        )
+        column.altair_chart(chart, width="stretch")
+
+# --- KPI table -----------------------------------------------------------------------------
 st.subheader("KPIs and their change against the baseline", divider="gray", anchor=False)
-kpi_table = page_data.compare_kpis(loaded, kpis)
+kpi_table = page_data.compare_kpis(loaded, kpis, currencies, names)
 if kpi_table.empty:
     st.info("None of these runs has KPIs yet.", icon=":material/info:")
 else:
-    st.dataframe(
-        kpi_table,
-        hide_index=True,
-        width="stretch",
-        column_config={
-            c: st.column_config.NumberColumn(format="%+,.2f" if c.startswith("Δ") else "%,.2f")
-            for c in kpi_table.columns
-            if c != "KPI"
-        },
-    )
-    pct = [
-        {"run": page_data.short_name(r), "KPI": label, "change": (k or {}).get(key)}
-        for r, k in zip(loaded, kpis, strict=True)
-        for key, label in (
-            ("revenue_change_pct", "Revenue %"),
-            ("margin_change_pct", "Margin %"),
-            ("volume_change_pct", "Volume %"),
-        )
-        if (k or {}).get(key) is not None
-    ]
-    if pct:
-        order = [page_data.short_name(r) for r in loaded]
-        chart = (
-            alt.Chart(pd.DataFrame(pct))
-            .mark_bar()
-            .encode(
-                x=alt.X(
-                    "KPI:N",
-                    title=None,
-                    sort=["Revenue %", "Margin %", "Volume %"],
-                    axis=alt.Axis(labelAngle=0),
-                ),
-                xOffset=alt.XOffset("run:N", sort=order),
-                y=alt.Y("change:Q", title="Expected change (%)"),
-                color=alt.Color("run:N", title="Run", sort=order, legend=alt.Legend(orient="top")),
-                tooltip=["run", "KPI", alt.Tooltip("change:Q", format="+.1f")],
-            )
-            .properties(height=300)
-        )
-        st.altair_chart(chart, width="stretch")
+    st.dataframe(kpi_table, hide_index=True, width="stretch")
 
 # --- Parameter differences ---------------------------------------------------------------
 st.subheader("Settings that differ", divider="gray", anchor=False)
-params = page_data.compare_params(loaded)
+params = page_data.compare_params(loaded, names, currencies)
 if params.empty:
     st.success("These runs used the same settings.", icon=":material/check_circle:")
 else:

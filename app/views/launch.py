@@ -43,12 +43,15 @@ def _seed(identity: forms.Identity, values: dict) -> None:
 
 # --- Where the form's values come from: a run to repeat, the last visit, or defaults ---
 source_run = st.query_params.get("from_run")
-if source_run:
-    record = ui.load_run(source_run)
+if source_run is not None:
+    record = ui.find_run(source_run)
+    if record is None:  # the link named a run that is not there: say so, keep the form as is
+        st.stop()
     del st.query_params["from_run"]
-    if record is not None:
-        _seed(*page_data.rerun_seed(record))
-        st.session_state["launch.seeded_from"] = source_run
+    _seed(*page_data.rerun_seed(record))
+    st.session_state["launch.seeded_from"] = source_run
+    if "launch.last" in st.session_state:
+        del st.session_state["launch.last"]
 elif "launch.country" not in st.session_state and SAVED in st.session_state:
     saved = st.session_state[SAVED]
     _seed(saved["identity"], saved["values"])
@@ -85,8 +88,7 @@ if last:
         if close.button("Dismiss", icon=":material/close:", key="launch.dismiss"):
             del st.session_state["launch.last"]
             st.rerun()
-        st.caption(ui.md(f"Run {last} runs in the background; closing this tab does not stop it."))
-        ui.progress_panel(last, ctx, show_log=False, key="launch")
+        ui.progress_panel(last, ctx, show_log=False, key="launch", background_note=True)
         links = st.columns(3)
         links[0].page_link(
             ui.PAGES["runs"],
@@ -136,6 +138,7 @@ with st.container(border=True):
         help="Optionally limit the run to one product category.",
     )
     identity = _identity_from_state()
+    currency = ui.market_currency(ctx.root, identity.country)
     if identity.country not in with_data:
         st.warning(
             ui.md(
@@ -148,7 +151,9 @@ with st.container(border=True):
 try:
     base = forms.baseline(identity)
 except config_mod.ConfigError as exc:
-    ui.show_problems([forms.FieldProblem(p.key, p.message, p.key) for p in exc.problems])
+    ui.show_problems(
+        [forms.FieldProblem(p.key, forms.plain_message(p.message), p.key) for p in exc.problems]
+    )
     st.stop()
 
 if any(ui.widget_key(spec) not in st.session_state for spec in forms.form_fields()):
@@ -157,7 +162,8 @@ if any(ui.widget_key(spec) not in st.session_state for spec in forms.form_fields
 # --- Settings, generated from the config model -----------------------------------------
 groups = forms.form_groups()
 values: dict = {}
-placeholders: dict = {}  # where each group's problems are explained
+slots: dict = {}  # under each field: its allowed range, or its problem
+placeholders: dict = {}  # under each group: problems of the group as a whole
 col_left, col_right = st.columns(2, gap="medium")
 for group, column in zip(
     [g for g in groups if not g.advanced], [col_left, col_right], strict=False
@@ -169,7 +175,7 @@ for group, column in zip(
         else:
             st.caption("Limits every recommendation must respect.")
         for spec in group.fields:
-            values[spec.key] = ui.field_widget(spec)
+            values[spec.key] = ui.field_widget(spec, slots, currency)
         placeholders[group.name] = st.empty()
 launch_box = col_left.container(border=True)
 
@@ -184,41 +190,45 @@ with st.expander("Advanced settings", icon=":material/tune:"):
             columns = st.columns(2)
             for i, spec in enumerate(group.fields):
                 with columns[i % 2]:
-                    values[spec.key] = ui.field_widget(spec)
+                    values[spec.key] = ui.field_widget(spec, slots, currency)
             placeholders[group.name] = st.empty()
 
 # --- Check before anything runs ----------------------------------------------------------
 checked = forms.check(identity, values)
+by_group = ui.field_problems(checked.problems, slots)  # under their fields
 for group_name, placeholder in placeholders.items():
-    problems = checked.problems_for(group_name)
+    problems = [p for p in by_group if p.group == group_name]
     if problems:
         with placeholder.container():
             ui.show_problems(problems)
-unplaced = [p for p in checked.problems if p.group not in placeholders]
 
 # --- Launch ------------------------------------------------------------------------------
-rows = forms.differences(checked.resolved) if checked.resolved is not None else []
+rows = forms.differences(checked.resolved, currency) if checked.resolved is not None else []
 with launch_box:
     st.subheader("Launch", divider="gray", anchor=False)
     st.text(
         f"Market {identity.country} · {identity.period} · {identity.category or 'all categories'}"
     )
     changed = sum(1 for r in rows if r["Set by"] == forms.FORM_CHANGE)
-    st.caption(
-        f"{changed} setting(s) changed in this form; {len(rows)} differ from the defaults "
-        "(listed below)."
-    )
+    if checked.ok:
+        st.caption(
+            f"{changed} setting(s) changed in this form; {len(rows)} differ from the "
+            "defaults (listed below)."
+        )
     if checked.problems:
+        count = len(checked.problems)
         st.error(
-            f"{len(checked.problems)} problem(s) must be fixed first; nothing has been launched.",
+            f"Launch is disabled until {'this is' if count == 1 else f'these {count} are'} "
+            "fixed; nothing has been launched.",
             icon=":material/block:",
         )
-        ui.show_problems(unplaced)
+        st.markdown("\n".join(f"- {ui.md(p)}" for p in checked.problems))
     clicked = st.button(
         "Launch run",
         type="primary",
         icon=":material/rocket_launch:",
         disabled=not (checked.ok and ctx.decision.allowed),
+        help=None if checked.ok else "Fix the settings listed above first.",
         width="stretch",
         key="launch.go",
     )

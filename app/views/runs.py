@@ -63,7 +63,12 @@ event = st.dataframe(
         "Steps reused": st.column_config.NumberColumn(
             "Reused", help="Steps whose results came from the cache of an earlier run."
         ),
-        "Run": st.column_config.TextColumn("Run id", width="medium"),
+        "Run": st.column_config.TextColumn("Run id", width="large"),
+        "What changed": st.column_config.TextColumn(
+            "What changed",
+            width="medium",
+            help="Settings changed at launch, against the market's and month's own.",
+        ),
     },
 )
 
@@ -75,12 +80,11 @@ if selected_rows != st.session_state.get("runs.applied_selection"):
     if selected_rows and selected_rows[0] < len(shown):
         st.query_params["run"] = shown[selected_rows[0]]["Run"]
 run_id = st.query_params.get("run")
-ids = [r["Run"] for r in rows]
-if run_id not in ids:
+if run_id is None:
     candidates = [r for r in shown if r["status"] in runs.ACTIVE] or shown or rows
     run_id = candidates[0]["Run"]
 
-record = ui.load_run(run_id)
+record = ui.find_run(run_id, ctx)  # a link to a missing run says so, never shows another
 if record is None:
     st.stop()
 
@@ -91,7 +95,7 @@ with st.container(border=True):
         divider="gray",
         anchor=False,
     )
-    st.caption(ui.md(f"Run {run_id}"))
+    st.caption(ui.md(f"What changed: {page_data.what_changed(record)} · run {run_id}"))
     ui.progress_panel(run_id, ctx, key="runs")
     cols = st.columns(3)
     cols[0].page_link(
@@ -109,11 +113,15 @@ with st.container(border=True):
         key="runs.rerun",
     ):
         st.switch_page(ui.PAGES["launch"], query_params={"from_run": run_id})
-    others = [r["Run"] for r in rows if r["Run"] != run_id and r["status"] == "succeeded"]
+    # Only runs of the same market and month: their money is in the same currency.
+    others = page_data.same_scope(records, record)
     if others:
         cols[2].page_link(
             ui.PAGES["compare"],
-            label="Compare with another run",
+            label="Compare with the previous run",
             icon=":material/compare_arrows:",
-            query_params={"runs": f"{others[0]},{run_id}"},
+            help="The newest earlier run of the same market and month: same currency.",
+            query_params={"runs": f"{others[0].id},{run_id}"},
         )
+    else:
+        cols[2].caption("No other finished run of this market and month to compare with.")

@@ -4,8 +4,13 @@ only read results."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -79,7 +84,7 @@ def wait_for_status(run_id, statuses, timeout=420, root=None):
 # ---------------------------------------------------------------------------
 
 
-def _frames(names: list[str], price_change: float):
+def _frames(names: list[str], price_change: float, currency: str = "USD"):
     ids = [f"P{i:04d}" for i in range(1, len(names) + 1)]
     categories = ["home" if i % 2 else "toys" for i in range(len(ids))]
     catalog = pd.DataFrame(
@@ -89,7 +94,7 @@ def _frames(names: list[str], price_change: float):
             "category": categories,
             "list_price": [20.0 + i for i in range(len(ids))],
             "unit_cost": [8.0] * len(ids),
-            "currency": ["USD"] * len(ids),
+            "currency": [currency] * len(ids),
         }
     )
     weeks = pd.date_range("2026-06-01", periods=26, freq="W-MON")
@@ -162,14 +167,22 @@ def make_run(
     status: str = "succeeded",
     launcher: str = "analyst@example.com",
     failed_step: str | None = None,
+    market: str = "US",
+    currency: str = "USD",
+    error: str | None = None,
+    traceback: str | None = None,
 ) -> RunRecord:
-    """Write a run record and outputs that satisfy their contracts, as a real run would."""
+    """Write a run record and outputs that satisfy their contracts, as a real run would.
+
+    ``failed_step`` fails there: with a contract report, or with ``error`` and
+    ``traceback`` when given; ``status="cancelled"`` with ``failed_step`` cancels there.
+    """
     names = names or ["Aurora Lamp 1", "Nimbus Mug 2", "Vertex Robot 3", "Harbor Vase 4"]
-    catalog, weekly, forecasts, plan = _frames(names, price_change)
+    catalog, weekly, forecasts, plan = _frames(names, price_change, currency)
     resolved = config_mod.resolve(
-        patches=['country="US"', 'period="2026-11"', 'category="all"', *patches]
+        patches=[f'country="{market}"', 'period="2026-11"', 'category="all"', *patches]
     )
-    base = storage.join(root, "cache", "market=US", "period=2026-11", "category=all")
+    base = storage.join(root, "cache", f"market={market}", "period=2026-11", "category=all")
     outputs = {
         "load_transform": {"data": ("weekly_sales.parquet", weekly, schemas.WeeklySales)},
         "forecast": {"data": ("forecasts.parquet", forecasts, schemas.Forecasts)},
@@ -185,6 +198,17 @@ def make_run(
         "format_output",
     ):
         folder = storage.join(base, name, f"key-{run_id}", f"{run_id}.1")
+        if failed_step == name and status == "cancelled":
+            steps[name] = {"status": "cancelled", "error": "run cancelled", "duration_s": 1.0}
+            break
+        if failed_step == name and error:
+            steps[name] = {
+                "status": "failed",
+                "error": error,
+                "traceback": traceback,
+                "duration_s": 1.5,
+            }
+            break
         if failed_step == name:
             report = {
                 "dataset": "RawSales",
@@ -244,8 +268,8 @@ def make_run(
     record = RunRecord.model_validate(
         {
             "id": run_id,
-            "status": "failed" if failed_step else status,
-            "market": "US",
+            "status": "failed" if failed_step and status != "cancelled" else status,
+            "market": market,
             "period": "2026-11",
             "category": None,
             "launcher": launcher,
@@ -259,9 +283,148 @@ def make_run(
             "config": resolved.as_dict(),
             "origins": {key: origin for key, _, origin in resolved.leaves()},
             "steps": steps,
-            "events": [{"at": now.isoformat(), "message": "[1/5] load_transform: done in 2.0s"}],
-            "error": "a step failed; see its error and report" if failed_step else None,
+            "events": [{"at": now.isoformat(), "message": "[1/5] load_transform: done in 2.0s"}]
+            + (
+                [{"at": now.isoformat(), "message": f"run cancelled by {launcher} on host"}]
+                if status == "cancelled"
+                else []
+            ),
+            "error": (
+                "run cancelled"
+                if status == "cancelled"
+                else "a step failed; see its error and report"
+                if failed_step
+                else None
+            ),
         }
     )
     runs.save(record, root)
     return record
+
+
+# ---------------------------------------------------------------------------
+# A real app server on loopback
+# ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_app(
+    tmp_path,
+    root: str,
+    app_yaml: str = "launchers: []\n",
+    host: str = "localhost",
+    worker: bool = False,
+):
+    """`streamlit run app/serve.py` (as `make app`) on a free loopback port, and with
+    ``worker`` a `toolkit worker` for the runs it queues; yields the app's URL.
+
+    Ready when it answers a request naming ``host`` (one of its allowed hosts). Every run
+    the app started, the worker and the server are stopped at the end."""
+    (tmp_path / "app.yaml").write_text(app_yaml)
+    port = free_port()
+    env = dict(
+        os.environ,
+        TOOLKIT_ROOT=root,
+        TOOLKIT_APP_CONFIG=str(tmp_path / "app.yaml"),
+        TOOLKIT_APP_LOG_DIR=str(tmp_path / "logs"),
+        PLOOMBER_STATS_ENABLED="false",
+        PLOOMBER_VERSION_CHECK_DISABLED="1",
+    )
+    log_file = tmp_path / f"server-{port}.log"
+    log = open(log_file, "wb")  # noqa: SIM115 - closed in the finally below
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app/serve.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ],
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    workers = []
+    if worker:
+        argv = [sys.executable, "-m", "toolkit.cli.commands", "worker", "--slots", "1"]
+        workers.append(
+            subprocess.Popen(
+                [*argv, "--no-schedules", "--grace", "0"],
+                cwd=PROJECT_DIR,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if raw_request(url, host, "/_stcore/health").endswith("200 OK"):
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                raise AssertionError("the app server did not start:\n" + log_file.read_text())
+            time.sleep(0.3)
+        yield url
+    finally:
+        for record in runs.list_runs(root):  # no run outlives the test
+            if record.status in runs.ACTIVE and record.pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(os.getpgid(record.pid), signal.SIGTERM)
+        for started in [*workers, process]:
+            os.killpg(started.pid, signal.SIGTERM)
+            try:
+                started.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(started.pid, signal.SIGKILL)
+                started.wait(timeout=10)
+        log.close()
+
+
+def raw_request(url: str, host: str, path: str = "/", websocket: bool = False) -> str:
+    """Send one HTTP request (or websocket handshake) with this ``Host`` over a plain
+    socket; return the status line of the answer."""
+    import socket
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "User-Agent: test"]
+    if websocket:
+        lines += [
+            "Connection: Upgrade",
+            "Upgrade: websocket",
+            "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        ]
+    else:
+        lines.append("Connection: close")
+    with socket.create_connection((where.hostname, where.port), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0].decode()

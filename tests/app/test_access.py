@@ -70,3 +70,29 @@ def test_a_viewer_cannot_launch_or_cancel_and_nothing_is_written(local_root):
     with pytest.raises(access.AccessDenied):
         launch.cancel("some-run", signed_in("viewer@example.com"), settings)
     assert storage.listdir(storage.join(local_root, "runs")) == []
+
+
+def test_operators_are_the_local_user_or_listed_and_verified(tmp_path):
+    path = tmp_path / "app.yaml"
+    path.write_text("operators: [Ops@Example.com]\n")
+    settings = access.load_settings(path)
+    assert access.is_operator(access.Viewer.local_user(), settings)
+    ops = access.Viewer("Ops", "ops@example.com", authenticated=True)
+    assert access.is_operator(ops, settings)
+    unverified = access.Viewer("Ops", "ops@example.com", authenticated=True, email_verified=False)
+    assert not access.is_operator(unverified, settings)
+    viewer = access.Viewer("Vera", "vera@example.com", authenticated=True)
+    assert not access.is_operator(viewer, settings)
+    assert not access.is_operator(None, settings)
+
+
+def test_allowed_hosts_default_to_loopback_and_are_checked(tmp_path):
+    path = tmp_path / "app.yaml"
+    path.write_text("launchers: []\n")
+    assert access.load_settings(path).allowed_hosts == ["127.0.0.1", "localhost"]
+    path.write_text("allowed_hosts: [prices.example.com, '*.example.org', localhost]\n")
+    assert access.load_settings(path).allowed_hosts[1] == "*.example.org"
+    for bad in ("http://x.example.com", "x.example.com:8501", "[]"):
+        path.write_text(f"allowed_hosts: [{bad!r}]\n" if bad != "[]" else "allowed_hosts: []\n")
+        with pytest.raises(config_mod.ConfigError, match="allowed_hosts"):
+            access.load_settings(path)

@@ -26,7 +26,8 @@ def test_make_app_serves_on_localhost():
     makefile = (PROJECT_DIR / "Makefile").read_text()
     target = re.search(r"^app: install.*?(?=^\S)", makefile, re.M | re.S)
     assert target, "no `app` target depending on `install`"
-    assert "streamlit run app/main.py --server.address 127.0.0.1" in target.group(0)
+    # serve.py: main.py behind the Host check (tests/app/test_host_check.py)
+    assert "streamlit run app/serve.py --server.address 127.0.0.1" in target.group(0)
     assert "demo-data" in target.group(0)
 
 

@@ -35,7 +35,7 @@ def test_every_setting_of_the_model_is_a_field_with_its_description_and_bounds()
     discount = specs["optimize.constraints.max_discount"]
     assert (discount.kind, discount.minimum, discount.maximum) == ("float", 0.0, 1.0)
     assert discount.max_exclusive and not discount.min_exclusive
-    assert discount.bounds_text == "at least 0, below 1"
+    assert discount.bounds_text == "at least 0%, below 100%"  # a fraction, shown as percent
     assert specs["optimize.constraints.max_changes"].kind == "int"
     assert specs["optimize.constraints.price_levels"].max_items == 25
     assert specs["forecast.season_length"].bounds_text == "2 to 52"
@@ -112,11 +112,13 @@ def test_check_explains_an_invalid_combination():
 @pytest.mark.parametrize(
     ("key", "value", "words"),
     [
-        ("underperformers.decline_threshold", 0.0, "greater than 0"),
-        ("optimize.constraints.max_discount", 1.0, "less than 1"),
-        ("optimize.constraints.max_changes", 20_000, "less than or equal to 10000"),
-        ("optimize.constraints.price_levels", [-1.5, 0.0], "price_levels must lie in"),
-        ("forecast.horizon", 53, "less than or equal to 52"),
+        ("underperformers.decline_threshold", 0.0, "must be above 0%, at most 100%; it is 0%"),
+        ("optimize.constraints.max_discount", 1.0, "must be at least 0%, below 100%; it is 100%"),
+        ("optimize.constraints.max_changes", 20_000, "must be 0 to 10,000; it is 20,000"),
+        ("optimize.constraints.max_changes", 2.5, "must be a whole number"),
+        ("optimize.constraints.price_levels", [-1.5, 0.0], "above -100% and at most +100%"),
+        ("optimize.constraints.price_levels", [], "choose at least 1"),
+        ("forecast.horizon", 53, "must be 1 to 52; it is 53"),
         ("optimize.weights.revenue", "lots", "must be a number"),
     ],
 )
@@ -203,3 +205,62 @@ def test_period_options_are_recent_months_and_overlays():
     options = forms.period_options(today=dt.date(2027, 2, 10), months=3)
     assert options[:3] == ["2027-02", "2027-01", "2026-12"]
     assert "2026-11" in options  # configs/periods/2026-11.yaml
+
+
+@pytest.mark.parametrize(
+    ("message", "key", "plain"),
+    [
+        (
+            "Input should be less than 1 (got 1.0)",
+            "optimize.constraints.max_discount",
+            "must be below 100%",
+        ),
+        (
+            "Input should be greater than or equal to 60 (got 10)",
+            "load_transform.history_weeks",
+            "must be at least 60",
+        ),
+        (
+            "List should have at least 1 item after validation, not 0",
+            "optimize.constraints.price_levels",
+            "choose at least 1",
+        ),
+        (
+            "String should match pattern '^https?://[^\\s]+$' (got 'x')",
+            None,
+            "is not in the expected form",
+        ),
+        (
+            "Input should be a valid integer, got a number with a fractional part (got 2.5)",
+            "forecast.horizon",
+            "must be a whole number",
+        ),
+        ("Input should be 'serial' or 'dask' (got 'x')", None, "must be one of serial or dask"),
+    ],
+)
+def test_validator_messages_are_reworded_in_business_words(message, key, plain):
+    spec = forms.field_spec(key) if key else None
+    assert forms.plain_message(message, spec) == plain
+
+
+def test_no_validator_jargon_reaches_the_form():
+    base = forms.values_of(forms.baseline(US))
+    for key, value in [
+        ("optimize.constraints.max_discount", 1.0),
+        ("optimize.constraints.price_levels", []),
+        ("load_transform.history_weeks", 10),
+    ]:
+        [problem] = forms.check(US, dict(base, **{key: value})).problems
+        for jargon in ("Input should", "List should", "pattern", "got ", "validation"):
+            assert jargon not in problem.message, problem
+
+
+def test_percent_fields_round_trip_between_form_and_config():
+    spec = forms.field_spec("optimize.constraints.min_margin")
+    for fraction in (0.0, 0.15, 0.175, 0.3, 0.99):
+        assert forms.from_widget(spec, forms.to_widget(spec, fraction)) == fraction
+    assert forms.to_widget(spec, 0.15) == 15.0
+    assert forms.display_setting("optimize.constraints.min_margin", 0.15) == "15%"
+    assert forms.display_setting("optimize.constraints.markdown_budget", 40000, "EUR") == (
+        "40,000 EUR"
+    )

@@ -5,10 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from logic import access, forms, launch
@@ -155,34 +153,19 @@ def fake_raw_data(root):
     storage.write_bytes(storage.raw_url("US", "catalog", root), b"not read by these tests")
 
 
-def test_a_process_that_dies_before_starting_fails_the_run_with_its_output(local_root, monkeypatch):
-    fake_raw_data(local_root)
-    crash = [sys.executable, "-c", "import sys; print('cannot import toolkit'); sys.exit(3)"]
-    monkeypatch.setattr(launch, "build_argv", lambda run_id, patches: crash)
-    launched = launch.launch(US, values(), LOCAL, access.AppSettings())
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        record = runs.load(launched.run_id)
-        if record.status != "queued":
-            break
-        time.sleep(0.2)
-    assert record.status == "failed"
-    assert "exited with code 3 before the run started" in record.error
-    assert "cannot import toolkit" in record.error
+def test_launch_queues_the_run_for_a_worker_and_shows_its_position(local_root):
+    from toolkit.runs import queue
 
-
-def test_a_queued_record_waits_for_its_slow_process(local_root, monkeypatch):
     fake_raw_data(local_root)
-    idle = [sys.executable, "-c", "import time; time.sleep(30)"]
-    monkeypatch.setattr(launch, "build_argv", lambda run_id, patches: idle)
-    launched = launch.launch(US, values(), LOCAL, access.AppSettings())
-    try:
-        record = runs.load(launched.run_id)
-        assert record.status == "queued"
-        assert record.launcher == LOCAL.launcher
-        later = runs.parse_time(record.created_at) + dt.timedelta(seconds=60)
-        assert runs.effective_status(record, at=later) == "queued"  # not "interrupted"
-        much_later = later + dt.timedelta(minutes=5)
-        assert runs.effective_status(record, at=much_later) == "interrupted"
-    finally:
-        os.kill(launched.pid, signal.SIGKILL)
+    first = launch.launch(US, values(), LOCAL, access.AppSettings())
+    second = launch.launch(US, values(), LOCAL, access.AppSettings())
+    assert (first.position, second.position) == (1, 2)
+    record = runs.load(second.run_id)
+    assert record.status == "queued" and record.launched_from == "app"
+    assert record.launcher == LOCAL.launcher
+    much_later = runs.parse_time(record.created_at) + dt.timedelta(hours=2)
+    assert runs.effective_status(record, at=much_later) == "queued"  # waits for a worker
+    # Cancelled before it starts: off the queue, the next one moves up.
+    launch.cancel(first.run_id, LOCAL, access.AppSettings())
+    assert runs.load(first.run_id).status == "cancelled"
+    assert queue.positions() == {second.run_id: 1}

@@ -7,9 +7,11 @@ import contextlib
 import getpass
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
-from apphelpers import new_app, texts, wait_for_status
+from apphelpers import PROJECT_DIR, new_app, shown, texts, wait_for_status
 from streamlit import config as st_config
 
 from toolkit.pricing import demo_data
@@ -31,7 +33,18 @@ def demo_root(tmp_path_factory):
     patch.setenv("PLOOMBER_STATS_ENABLED", "false")
     address = st_config.get_option("server.address")
     st_config.set_option("server.address", "127.0.0.1")
+    # The app queues runs; a worker runs them, as `make app` starts one.
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "toolkit.cli.commands", "worker", "--slots", "1"]
+        + ["--no-schedules", "--grace", "0"],
+        env=dict(os.environ, TOOLKIT_ROOT=str(root), PLOOMBER_STATS_ENABLED="false"),
+        cwd=PROJECT_DIR,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     yield str(root)
+    os.killpg(worker.pid, signal.SIGTERM)
+    worker.wait(timeout=60)
     st_config.set_option("server.address", address)
     for record in runs.list_runs(str(root)):  # never leave a run behind
         if record.status in runs.ACTIVE and record.pid:
@@ -76,10 +89,10 @@ def test_another_session_sees_the_run_and_its_progress(first_run):
     other.query_params["run"] = run_id
     other.switch_page("views/runs.py").run()
     assert run_id in other.dataframe[0].value["Run"].tolist()
-    shown = texts(other)
-    assert any(run_id in t for t in shown)
+    seen = texts(other)
+    assert any(run_id in t for t in seen)
     for step in ("Load transform", "Forecast", "Format output"):
-        assert step in shown
+        assert step in seen
     assert other.get("progress")
     if runs.load(run_id).status in runs.ACTIVE:
         assert [b for b in other.button if b.label == "Cancel this run"]
@@ -93,9 +106,10 @@ def test_the_run_succeeds_and_its_results_show(first_run):
     at.query_params["run"] = run_id
     at.switch_page("views/run_detail.py").run()
     assert not at.exception
-    assert [m.label for m in at.metric][:2] == ["Revenue change, USD", "Margin change, USD"]
-    assert len(at.dataframe[0].value) == int(at.metric[3].value)
-    assert len(at.get("vega_lite_chart")) == 2
+    labels = [shown(m.label) for m in at.metric][:2]
+    assert labels == ["Revenue change (USD)", "Margin change (USD)"]
+    assert len(at.dataframe[0].value) == int(at.metric[3].value)  # the changed products
+    assert len(at.get("vega_lite_chart")) == 3
     notebooks = [e.label for e in at.expander if " · " in e.label]
     assert len(notebooks) == 5 and all("Succeeded" in n for n in notebooks)
 
