@@ -332,6 +332,14 @@ def steps_table(record: RunRecord) -> list[dict]:
     return rows
 
 
+def run_header(record: RunRecord, currency: str = "") -> None:
+    """What tells a run apart, under its title: what changed, its note and its id."""
+    changed = page_data.what_changed(record, currency)
+    st.caption(md(f"What changed: {changed} · run {record.id}"))
+    if record.note:
+        st.caption(md(f"Note: {record.note}"))
+
+
 def status_line(record: RunRecord, tz: str | None) -> None:
     status = record.status
     started = page_data.format_time(record.started_at or record.created_at, tz)

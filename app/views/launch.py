@@ -10,6 +10,7 @@ import ui
 from logic import access, forms, launch, page_data
 
 from toolkit import config as config_mod
+from toolkit.runs import record as record_mod
 
 ALL = "(all categories)"
 IDENTITY_KEYS = ("launch.country", "launch.period", "launch.category")
@@ -223,12 +224,30 @@ with launch_box:
             icon=":material/block:",
         )
         st.markdown("\n".join(f"- {ui.md(p)}" for p in checked.problems))
+    run_name = st.text_input(
+        "Run name (optional)",
+        max_chars=record_mod.NAME_MAX,
+        placeholder="e.g. Deeper cuts for Black Friday",
+        help="Shown in the runs list, the run's header and Compare, to tell runs apart.",
+        key="launch.name",
+    )
+    run_note = st.text_area(
+        "Note (optional)",
+        max_chars=record_mod.NOTE_MAX,
+        placeholder="Why this run: what you want to find out.",
+        height=68,
+        key="launch.note",
+    )
+    _, label_problems = launch.labels(run_name, run_note)
+    for problem in label_problems:
+        st.error(ui.md(str(problem)), icon=":material/error:")
+    ready = checked.ok and not label_problems
     clicked = st.button(
         "Launch run",
         type="primary",
         icon=":material/rocket_launch:",
-        disabled=not (checked.ok and ctx.decision.allowed),
-        help=None if checked.ok else "Fix the settings listed above first.",
+        disabled=not (ready and ctx.decision.allowed),
+        help=None if ready else "Fix the settings listed above first.",
         width="stretch",
         key="launch.go",
     )
@@ -236,13 +255,17 @@ with launch_box:
     st.caption(ui.md(f"Recorded as launched by {who}."))
     if clicked:
         try:
-            launched = launch.launch(identity, values, ctx.viewer, ctx.settings)
+            launched = launch.launch(
+                identity, values, ctx.viewer, ctx.settings, name=run_name, note=run_note
+            )
         except launch.LaunchRefused as exc:
             ui.show_problems(exc.problems)
         except access.AccessDenied as exc:
             st.error(ui.md(exc), icon=":material/block:")
         else:
             st.session_state["launch.last"] = launched.run_id
+            for key in ("launch.name", "launch.note"):  # the next run gets its own
+                st.session_state.pop(key, None)
             st.session_state[SAVED] = {"identity": identity, "values": values}
             st.rerun()
 
@@ -254,7 +277,9 @@ elif rows:
         "Each value and where it comes from: the market's or month's own settings, or your "
         "changes in this form."
     )
-    st.dataframe(pd.DataFrame(rows).drop(columns="Key"), hide_index=True, width="stretch")
+    st.dataframe(
+        pd.DataFrame(rows).drop(columns=["Key", "Short"]), hide_index=True, width="stretch"
+    )
 else:
     st.caption("Every setting is at its default.")
 

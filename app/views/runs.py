@@ -19,7 +19,8 @@ st.caption(
 )
 
 records = runs.list_runs()  # never cached: other people and replicas start runs too
-rows = page_data.run_rows(records, tz)
+currencies = {m: ui.market_currency(ctx.root, m) for m in {r.market for r in records if r.market}}
+rows = page_data.run_rows(records, tz, currencies)
 if not rows:
     st.info("No runs yet. Start one on the Launch page.", icon=":material/info:")
     st.page_link(ui.PAGES["launch"], label="Launch a run", icon=":material/rocket_launch:")
@@ -64,10 +65,13 @@ event = st.dataframe(
             "Reused", help="Steps whose results came from the cache of an earlier run."
         ),
         "Run": st.column_config.TextColumn("Run id", width="large"),
+        "Name": st.column_config.TextColumn(
+            "Name", help="The name given at launch, if any (its note is shown below)."
+        ),
         "What changed": st.column_config.TextColumn(
             "What changed",
             width="medium",
-            help="Settings changed at launch, against the market's and month's own.",
+            help="Settings that differ from the defaults, those changed at launch first.",
         ),
     },
 )
@@ -90,12 +94,13 @@ if record is None:
 
 with st.container(border=True):
     category = record.category or "all categories"
+    title = f"{record.market} {record.period} · {category}"
     st.subheader(
-        ui.md(f"{record.market} {record.period} · {category}"),
+        ui.md(f"{record.name} ({title})" if record.name else title),
         divider="gray",
         anchor=False,
     )
-    st.caption(ui.md(f"What changed: {page_data.what_changed(record)} · run {run_id}"))
+    ui.run_header(record, currencies.get(record.market, ""))
     ui.progress_panel(run_id, ctx, key="runs")
     cols = st.columns(3)
     cols[0].page_link(

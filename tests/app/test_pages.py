@@ -335,13 +335,78 @@ def test_compare_shows_setting_differences_and_kpi_deltas(app, local_root):
     assert at.multiselect(key="compare.runs").value == ["run-a", "run-b"]
     kpis, params = at.dataframe[0].value, at.dataframe[1].value
     delta = [c for c in kpis.columns if c.startswith("Δ")]
-    assert delta == ["Δ US 2026-11 · Revenue weight 0.2"]  # runs named by what changed
+    # Runs named by what differs from the defaults, what was changed at launch first.
+    assert delta == ["Δ US 2026-11 · Revenue weight 0.2, Max discount 30% +2 more"]
     revenue = kpis.set_index("KPI").loc["Revenue change"]
     a, b = (float(v.split()[0].replace(",", "")) for v in revenue.iloc[:2])
     assert revenue.iloc[0].endswith(" USD") and revenue[delta[0]] == f"{b - a:+,.0f} USD"
     row = params.set_index("Setting").loc["Objective weights: Revenue"]
     assert list(row.iloc[:2]) == ["0.7", "0.2"]
     assert not any("different currencies" in w for w in texts(at, "warning"))
+
+
+def test_runs_are_told_apart_by_name_note_and_what_changed(app, local_root):
+    from toolkit.pricing import demo_data
+    from toolkit.runs import store as runs
+
+    demo_data.write(["US"], n_products=12, root=local_root)
+    at = app.run()
+    at.number_input(key="cfg.optimize.constraints.max_discount").set_value(20.0)
+    at.text_input(key="launch.name").set_value("Deeper cuts")
+    at.text_area(key="launch.note").set_value("Does 20% beat 30%?")
+    at.run()
+    at.button(key="launch.go").click().run()
+    run_id = at.session_state["launch.last"]
+    record = runs.load(run_id, local_root)
+    assert (record.name, record.note) == ("Deeper cuts", "Does 20% beat 30%?")
+    assert at.text_input(key="launch.name").value == ""  # the next run gets its own
+    make_run(local_root, "run-de", market="DE", currency="EUR", launcher="bob@example.com")
+
+    at = open_page(new_app(), "runs", run=run_id)
+    table = at.dataframe[0].value.set_index("Run")
+    assert table.loc[run_id, "Name"] == "Deeper cuts"
+    # What differs from the defaults, what was changed at launch first, money in its currency.
+    assert table.loc[run_id, "What changed"].startswith(
+        "Max discount 20%, Markdown budget 60,000 USD"
+    )
+    assert table.loc["run-de", "Name"] == ""
+    assert "Deeper cuts (US 2026-11 · all categories)" in texts(at, "subheader")
+    assert "Note: Does 20% beat 30%?" in texts(at, "caption")
+    for key, value, expected in [
+        ("runs.market", ["DE"], ["run-de"]),
+        ("runs.launcher", ["bob@example.com"], ["run-de"]),
+        ("runs.status", ["queued"], [run_id]),
+    ]:
+        at.multiselect(key=key).set_value(value).run()
+        assert list(at.dataframe[0].value["Run"]) == expected, key
+        at.multiselect(key=key).set_value([]).run()
+    at.multiselect(key="runs.period").set_value(["2026-11"]).run()
+    assert set(at.dataframe[0].value["Run"]) >= {"run-de"}
+
+
+def test_compare_labels_runs_by_their_names(app, local_root):
+    make_run(local_root, "run-a")
+    make_run(local_root, "run-b", run_name="Deeper cuts", price_change=-0.2)
+    at = open_page(app, "compare", runs="run-a,run-b")
+    delta = [c for c in at.dataframe[0].value.columns if c.startswith("Δ")]
+    assert delta == ["Δ US 2026-11 · Deeper cuts"]
+
+
+def test_a_run_name_that_cannot_be_stored_refuses_the_launch(local_root):
+    from logic import access, launch
+
+    with pytest.raises(launch.LaunchRefused) as refused:
+        launch.launch(
+            forms.Identity("US", "2026-11"),
+            {},
+            access.Viewer.local_user(),
+            name="x" * 81,
+        )
+    assert (
+        str(refused.value)
+        == "Run name: the run name is 81 characters; keep it to 80 (say more in the note)"
+    )
+    assert runs_written(local_root) == []
 
 
 # ---------------------------------------------------------------------------
