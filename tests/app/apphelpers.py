@@ -355,6 +355,8 @@ def serve_app(
             "127.0.0.1",
             "--server.headless",
             "true",
+            "--server.fileWatcherType",  # an edit of the app during a test changes nothing
+            "none",
         ],
         cwd=PROJECT_DIR,
         env=env,

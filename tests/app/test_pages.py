@@ -559,6 +559,24 @@ def test_a_cancel_reads_as_a_cancel(app, local_root):
     assert "This run was cancelled by ann@example.com; nothing was delivered." in texts(at, "info")
 
 
+def test_a_cancel_shows_cancelling_until_the_run_is_recorded_cancelled(app, local_root):
+    from toolkit import config as config_mod
+    from toolkit.runs import queue
+    from toolkit.runs import store as runs
+
+    resolved = config_mod.resolve(patches=["country=US"])
+    run_id = queue.submit(resolved, patches=["country=US"], launcher="boss@example.com").id
+    at = open_page(app, "runs", run=run_id)
+    at.button(key=f"cancel-runs-{run_id}").click().run()
+    cancelling = [b for b in at.button if b.label == "Cancelling…"]
+    assert cancelling and cancelling[0].disabled  # shown while the cancel is written
+    assert not [b for b in at.button if b.label == "Cancel this run"]
+    assert runs.load(run_id, local_root).status == "cancelled"
+    at.run()  # the panel's next refresh reads the record
+    assert not [b for b in at.button if b.label == "Cancelling…"]
+    assert any(i.startswith("This run was cancelled by") for i in texts(at, "info"))
+
+
 TRACEBACK = 'Traceback (most recent call last):\n  File "/srv/secret/toolkit/x.py", line 1'
 
 
