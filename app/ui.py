@@ -316,9 +316,16 @@ def operator_details(ctx: Session, title: str, text: str) -> None:
 
 
 def status_badge(status: str | None) -> None:
+    st.markdown(badge_markdown(status))
+
+
+def badge_markdown(status: str | None) -> str:
+    """A status badge as Markdown, to sit in a line of text (lines wrap on a phone, where
+    columns would stack)."""
     status = status or "unreadable"
     color, icon = page_data.STATUS_BADGES.get(status, ("gray", ":material/help:"))
-    st.badge(md(page_data.STATUS_TEXT.get(status, status.capitalize())), icon=icon, color=color)
+    text = md(page_data.STATUS_TEXT.get(status, status.capitalize()))
+    return f":{color}-badge[{icon} {text}]"
 
 
 def styled_status(frame: pd.DataFrame, status_column: str = "status"):
@@ -342,13 +349,12 @@ def steps_table(record: RunRecord) -> list[dict]:
     if reused:
         text += f" ({reused} reused from earlier runs)"
     st.progress(page_data.progress_fraction(rows), text=text)
-    for row in rows:
-        badge, name, took, detail = st.columns([1.7, 2.2, 0.9, 4.2], vertical_alignment="center")
-        with badge:
-            status_badge(row["status"])
-        name.text(row["Step"])
-        took.text(row["Time"])
-        detail.text(row["Detail"])
+    lines = [
+        f"{badge_markdown(row['status'])} **{md(row['Step'])}** · {md(row['Time'])} · "
+        f"{md(row['Detail'])}"
+        for row in rows
+    ]
+    st.markdown("  \n".join(lines))  # one line per step, at any width
     return rows
 
 
@@ -373,10 +379,8 @@ def status_line(record: RunRecord, tz: str | None, cancelling: bool = False) -> 
         parts.append(("running for " if status in runs.ACTIVE else "took ") + elapsed)
     if record.launcher:
         parts.append(f"launched by {record.launcher}")
-    badge, text = st.columns([1, 6], vertical_alignment="center")
-    with badge:
-        status_badge("cancelling" if cancelling and status in runs.ACTIVE else status)
-    text.text(" · ".join(parts))
+    shown = "cancelling" if cancelling and status in runs.ACTIVE else status
+    st.markdown(f"{badge_markdown(shown)} {md(' · '.join(parts))}")
 
 
 def outcome(record: RunRecord, ctx: Session) -> None:

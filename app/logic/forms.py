@@ -817,11 +817,16 @@ def period_options(
     months: int = 12,
     project_dir: Path | str | None = None,
     extra: Iterable[str] = (),
+    plannable: Sequence[str] = (),
 ) -> list[str]:
-    """Recent months (newest first), plus months with their own overlay and ``extra``."""
+    """The months to offer, newest first: those the market's sales can plan (at most
+    ``2 * months``), or without them recent months and months with their own overlay;
+    plus ``extra``."""
+    out = set(extra)
+    if plannable:
+        return sorted(out | set(sorted(plannable, reverse=True)[: 2 * months]), reverse=True)
     project_dir = project.resolve(project_dir)
     today = today or dt.date.today()
-    out = set(extra)
     year, month = today.year, today.month
     for _ in range(months):
         out.add(f"{year:04d}-{month:02d}")

@@ -37,7 +37,9 @@ __all__ = [
     "kpi_cards",
     "notebooks",
     "output_files",
+    "default_period",
     "pipeline_steps",
+    "plannable_months",
     "queue_positions",
     "read_json",
     "read_table",
@@ -370,6 +372,48 @@ def raw_catalog_values(root: str, market: str, column: str) -> list[str]:
     except (FileNotFoundError, OSError, KeyError, ValueError):
         return []
     return sorted({str(c) for c in table.column(column).to_pylist() if c})
+
+
+def sales_fingerprint(sources: Mapping[str, Any], run: Mapping[str, Any]) -> str:
+    """What a market's raw files hold, by their content keys ("" when they cannot be
+    found): a cache of what is read from them is never stale."""
+    from toolkit.data import sources as sources_mod
+    from toolkit.runs import cache
+
+    try:
+        return "|".join(
+            f"{url}={cache.file_fingerprint(url)}" for url in sources_mod.input_urls(sources, run)
+        )
+    except (OSError, KeyError, ValueError):
+        return ""
+
+
+def plannable_months(
+    sources: Mapping[str, Any], run: Mapping[str, Any], history_weeks: int, max_gap_weeks: int
+) -> list[str]:
+    """The months a run can plan with the market's sales as a run reads them (newest
+    first; ``periods.plannable`` decides), or none without readable sales."""
+    from toolkit.data import io
+    from toolkit.data import sources as sources_mod
+    from toolkit.pricing import periods
+
+    try:
+        sales = sources_mod.read("sales", sources, run)
+    except (sources_mod.SourceError, io.ContractError, io.UnreadableTable, OSError, KeyError):
+        return []
+    if sales.empty:
+        return []
+    days = sales["date"]
+    return periods.plannable(days.min(), days.max(), history_weeks, max_gap_weeks)
+
+
+def default_period(months: Sequence[str], today: dt.date | None = None) -> str | None:
+    """Next month when it can be planned, else the newest month that can; None without."""
+    today = today or dt.date.today()
+    following = f"{today.year + today.month // 12:04d}-{today.month % 12 + 1:02d}"
+    if following in months:
+        return following
+    return max(months) if months else None
 
 
 def markets_with_data(root: str) -> list[str]:

@@ -178,7 +178,7 @@ for group, column in zip(
         for spec in group.fields:
             values[spec.key] = ui.field_widget(spec, slots, currency)
         placeholders[group.name] = st.empty()
-launch_box = col_left.container(border=True)
+launch_box = st.container(border=True)  # under both columns: last on a phone too
 
 with st.expander("Advanced settings", icon=":material/tune:"):
     st.caption(
