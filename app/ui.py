@@ -8,6 +8,7 @@ into widgets. Data is always shown as data (``st.dataframe``, ``st.text``, ``st.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from dataclasses import dataclass
@@ -257,6 +258,31 @@ def _catalog(root: str, market: str, column: str) -> list[str]:
 
 def categories(root: str, market: str) -> list[str]:
     return _catalog(root, market, "category")
+
+
+@st.cache_data(ttl=60, max_entries=16, show_spinner=False)
+def _plannable(sources_json: str, run_json: str, history: int, gap: int, fingerprint: str):
+    return page_data.plannable_months(json.loads(sources_json), json.loads(run_json), history, gap)
+
+
+def plannable_periods(root: str, identity: forms.Identity) -> list[str]:
+    """The months a run for this market can plan with the sales in the store (newest
+    first), as its config reads them; keyed by the files' content, so never stale."""
+    try:
+        section = forms.baseline(identity).section("load_transform")
+    except config_mod.ConfigError:
+        return []
+    run = {"market": identity.country, "period": identity.period, "root": root}
+    fingerprint = page_data.sales_fingerprint(section["sources"], run)
+    if not fingerprint:
+        return []
+    return _plannable(
+        json.dumps(section["sources"], sort_keys=True),
+        json.dumps(run, sort_keys=True),
+        int(section["history_weeks"]),
+        int(section["max_gap_weeks"]),
+        fingerprint,
+    )
 
 
 def market_currency(root: str, market: str) -> str:

@@ -58,8 +58,9 @@ elif "launch.country" not in st.session_state and SAVED in st.session_state:
     _seed(saved["identity"], saved["values"])
 elif "launch.country" not in st.session_state:
     default = forms.default_identity()
+    planned = page_data.default_period(ui.plannable_periods(ctx.root, default))
     st.session_state["launch.country"] = default.country
-    st.session_state["launch.period"] = default.period
+    st.session_state["launch.period"] = planned or default.period  # next month, data allowing
     st.session_state["launch.category"] = default.category or ALL
     _load_baseline()
 
@@ -110,7 +111,10 @@ with st.container(border=True):
     with_data = set(page_data.markets_with_data(ctx.root))
     markets = forms.market_options()
     current_period = st.session_state.get("launch.period")
-    periods = forms.period_options(extra=[current_period] if current_period else [])
+    plannable = ui.plannable_periods(ctx.root, _identity_from_state())
+    periods = forms.period_options(
+        extra=[current_period] if current_period else [], plannable=plannable
+    )
     col_market, col_period, col_category = st.columns(3)
     col_market.selectbox(
         "Market",
@@ -125,7 +129,9 @@ with st.container(border=True):
         periods,
         key="launch.period",
         on_change=_load_baseline,
-        help="The month the recommendations are for; sales history ends with this month.",
+        help="The month whose prices the run sets. Its sales history ends in the last "
+        "complete week before it; the months offered are those the sales data in the store "
+        "can plan.",
     )
     country = st.session_state["launch.country"]
     categories = [ALL] + forms.category_options(ui.categories(ctx.root, country))
@@ -140,6 +146,14 @@ with st.container(border=True):
     )
     identity = _identity_from_state()
     currency = ui.market_currency(ctx.root, identity.country)
+    if plannable and identity.period not in plannable:
+        st.warning(
+            ui.md(
+                f"The sales data for market {identity.country} cannot plan {identity.period}: "
+                f"it can plan {plannable[-1]} to {plannable[0]}. Pick one of those months."
+            ),
+            icon=":material/event_busy:",
+        )
     if identity.country not in with_data:
         st.warning(
             ui.md(

@@ -10,6 +10,7 @@ from apphelpers import APP_MAIN, XSS, make_run, new_app, shown, texts
 from logic import forms
 
 from toolkit.data import storage
+from toolkit.pricing import periods
 
 AUTH = {
     "redirect_uri": "http://localhost:8501/oauth2callback",
@@ -141,6 +142,37 @@ def test_settings_that_contradict_each_other_are_explained_before_launch(
     assert any(e.startswith(f"{key}: ") and words in e for e in errors), errors
     assert at.button(key="launch.go").disabled
     assert runs_written(local_root) == []
+
+
+def test_the_month_picker_offers_the_months_the_data_can_plan_and_starts_on_next_month(
+    app, local_root
+):
+    import datetime as dt
+
+    from toolkit.pricing import demo_data
+
+    demo_data.write(["US"], n_products=12, root=local_root)  # sales through last week
+    at = app.run()
+    month = at.selectbox(key="launch.period")
+    today = dt.date.today()
+    following = dt.date(today.year + today.month // 12, today.month % 12 + 1, 1)
+    assert month.value == following.strftime("%Y-%m")
+    assert today.strftime("%Y-%m") in month.options
+    cfg = forms.baseline(forms.Identity("US", month.value)).config.load_transform
+    assert (
+        month.options
+        == periods.plannable(*demo_data_days(local_root), cfg.history_weeks, cfg.max_gap_weeks)[
+            : len(month.options)
+        ]
+    )
+    assert not at.warning
+
+
+def demo_data_days(root):
+    from toolkit.data import io, schemas
+
+    sales = io.read(storage.raw_url("US", "sales", root), schemas.RawSales)
+    return sales["date"].min(), sales["date"].max()
 
 
 def test_choosing_another_market_loads_its_settings_and_shows_their_origin(app, local_root):
@@ -349,8 +381,9 @@ def test_runs_are_told_apart_by_name_note_and_what_changed(app, local_root):
     from toolkit.pricing import demo_data
     from toolkit.runs import store as runs
 
-    demo_data.write(["US"], n_products=12, root=local_root)
+    demo_data.write(["US"], n_products=12, root=local_root, as_of="2026-12-04")
     at = app.run()
+    at.selectbox(key="launch.period").set_value("2026-11").run()
     at.number_input(key="cfg.optimize.constraints.max_discount").set_value(20.0)
     at.text_input(key="launch.name").set_value("Deeper cuts")
     at.text_area(key="launch.note").set_value("Does 20% beat 30%?")
@@ -448,8 +481,9 @@ def test_the_launched_run_gets_exactly_the_values_the_form_shows(app, local_root
     from toolkit.pricing import demo_data
     from toolkit.runs import store as runs
 
-    demo_data.write(["US"], n_products=12, root=local_root)
+    demo_data.write(["US"], n_products=12, root=local_root, as_of="2026-12-04")
     at = app.run()
+    at.selectbox(key="launch.period").set_value("2026-11").run()
     assert at.number_input(key="cfg.optimize.constraints.markdown_budget").label == (
         "Markdown budget (USD)"
     )
