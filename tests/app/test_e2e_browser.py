@@ -128,14 +128,21 @@ def test_launch_follow_and_read_results_in_a_browser(server_with_worker, browser
         assert record.status in runs.ACTIVE
         assert record.config["optimize"]["constraints"]["max_discount"] == 0.2  # as typed
 
-        # Follow it on the Runs page while it runs in the background.
-        page.get_by_role("link", name="Follow it on the Runs page").click()
-        expect(page.get_by_role("heading", name="Runs")).to_be_visible()
-        expect(page.get_by_text(re.compile(r"\d of 5 steps done")).first).to_be_visible()
+        # The panel follows it: its time ticks while it runs, and it says how it ended.
+        running = page.get_by_text(re.compile(r"running for \d+ s")).first
+        expect(running).to_be_visible()
+        expect(running).not_to_have_text(running.inner_text())  # a later time, no reload
         record = wait_for_status(
             run_id, ("succeeded", "failed", "cancelled", "interrupted"), root=root
         )
         assert record.status == "succeeded", record.error
+        expect(page.get_by_text(re.compile(r"took \d+"))).to_be_visible()
+        expect(page.get_by_text("runs in the background")).to_have_count(0)
+        expect(page.get_by_role("button", name="Cancel this run")).to_have_count(0)
+
+        page.get_by_role("link", name="Follow it on the Runs page").click()
+        expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+        expect(page.get_by_text("5 of 5 steps done").first).to_be_visible()
 
         # Pictures first: KPI cards against their limits and charts, then the table.
         page.goto(f"{url}/run_detail?run={run_id}")
@@ -156,6 +163,28 @@ def test_launch_follow_and_read_results_in_a_browser(server_with_worker, browser
     except Exception:
         page.screenshot(path=str(ARTIFACTS / "app-e2e-failure.png"), full_page=True)
         raise
+
+
+def test_a_cancel_reads_cancelling_until_the_run_is_recorded_cancelled(server, browser):
+    """No worker here: the launched run waits in the queue until it is cancelled."""
+    from playwright.sync_api import expect
+
+    url, root = server
+    page, outside = open_page(browser)
+    page.goto(url)
+    name = page.get_by_role("textbox", name="Run name (optional)")
+    name.fill("To be cancelled")
+    name.press("Enter")  # a text box hands its value over on Enter or when it loses focus
+    expect(page.get_by_text("Press Enter to apply")).to_have_count(0)
+    page.get_by_role("button", name="Launch run").click()
+    expect(page.get_by_text("Your latest run")).to_be_visible()
+    page.get_by_role("button", name="Cancel this run").click()
+    expect(page.get_by_role("button", name="Cancelling…")).to_be_disabled()
+    expect(page.get_by_text(re.compile("This run was cancelled by"))).to_be_visible()
+    expect(page.get_by_role("button", name="Cancelling…")).to_have_count(0)
+    [record] = runs.list_runs(root)
+    assert (record.status, record.name) == ("cancelled", "To be cancelled")
+    assert outside == [], outside
 
 
 def test_an_out_of_range_value_cannot_launch(server, browser):
