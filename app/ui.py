@@ -403,10 +403,12 @@ def status_line(record: RunRecord, tz: str | None, cancelling: bool = False) -> 
         parts.append(f"started {started}")
     if elapsed:
         parts.append(("running for " if status in runs.ACTIVE else "took ") + elapsed)
-    if record.launcher:
-        parts.append(f"launched by {record.launcher}")
+    text = md(" · ".join(parts))
+    if record.launcher:  # as code: Markdown would make an e-mail address a mailto link
+        launcher = " ".join(record.launcher.replace("`", "'").split())
+        text += f" · launched by `{launcher}`"
     shown = "cancelling" if cancelling and status in runs.ACTIVE else status
-    st.markdown(f"{badge_markdown(shown)} {md(' · '.join(parts))}")
+    st.markdown(f"{badge_markdown(shown)} {text}")
 
 
 def outcome(record: RunRecord, ctx: Session) -> None:
