@@ -148,6 +148,41 @@ def test_a_run_whose_worker_was_killed_is_finished_by_another(store, tmp_path):
     assert "takeover 1" in (tmp_path / "b.log").read_text()
 
 
+def _most_at_once(records) -> int:
+    """The most runs whose started..finished spans overlap at one instant."""
+    spans = [(r.started_at, r.finished_at) for r in records]
+    return max(sum(1 for s, e in spans if s <= at < e) for at, _ in spans)
+
+
+def test_twenty_submissions_at_once_on_two_slots(store, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from toolkit import config
+
+    worker = _worker(store, tmp_path / "w.log", "--slots", "2")
+    try:
+
+        def submit(horizon):  # another config each: every run executes steps of its own
+            patches = [f"forecast.horizon={horizon}"]
+            resolved = config.resolve(country="US", patches=patches, project_dir=PROJECT_DIR)
+            return queue.submit(resolved, (), patches).id
+
+        with ThreadPoolExecutor(20) as pool:
+            submitted = list(pool.map(submit, range(4, 24)))
+        assert len(queue.pending(store)) + 2 >= 20  # queued at once, before most started
+        _wait(
+            "every run finished",
+            lambda: all(runs.load(r).status in queue.FINAL for r in submitted),
+            timeout=1500,
+        )
+    finally:
+        assert _stop(worker) == 0
+    records = [runs.load(r) for r in submitted]
+    assert [r.status for r in records] == ["succeeded"] * 20
+    assert _most_at_once(records) == 2  # never more than its slots, and both used
+    assert queue.pending(store) == []
+
+
 # ---------------------------------------------------------------------------
 # On a Dask cluster the operator started
 # ---------------------------------------------------------------------------
