@@ -1,4 +1,4 @@
-"""Runs: every run with its status; follow one live, cancel it, open or repeat it."""
+"""Runs: every run with its status; follow one live, cancel it, open or repeat it; the schedules."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import streamlit as st
 import ui
 from logic import page_data
 
+from toolkit.data import storage
 from toolkit.runs import store as runs
+from toolkit.runs.schedules import ScheduleError
 
 ctx = ui.guard()  # sign-in and exposure checks, on every page
 tz = ui.timezone()
@@ -18,11 +20,25 @@ st.caption(
     "progress, cancel it, open its results or launch it again with the same settings."
 )
 
+
+def show_schedules() -> None:
+    """Runs on a calendar (configs/schedules.yaml, fired by the workers): next and last."""
+    try:
+        rows = page_data.schedule_rows(storage.root(), tz=tz)
+    except ScheduleError as exc:
+        st.warning(f"Schedules not shown: {exc}", icon=":material/event_busy:")
+        return
+    if rows:
+        with st.expander(f"Schedules ({len(rows)})", icon=":material/event_repeat:"):
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
 records = runs.list_runs()  # never cached: other people and replicas start runs too
 rows = page_data.run_rows(records, tz)
 if not rows:
     st.info("No runs yet. Start one on the Launch page.", icon=":material/info:")
     st.page_link(ui.PAGES["launch"], label="Launch a run", icon=":material/rocket_launch:")
+    show_schedules()
     st.stop()
 
 # --- Filters ---------------------------------------------------------------------------
@@ -71,6 +87,8 @@ event = st.dataframe(
         ),
     },
 )
+
+show_schedules()
 
 # --- The selected run --------------------------------------------------------------------
 # A selection is a row index: apply it only when it changes, since newer runs shift rows.
