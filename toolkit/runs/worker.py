@@ -125,9 +125,7 @@ def check_cluster(options: Options) -> None:
         return
     from toolkit.scale.dask_executor import DaskExecutor, DaskUnavailable
 
-    address = options.executor_options.get("scheduler") or os.environ.get(
-        "DASK_SCHEDULER_ADDRESS"
-    )
+    address = options.executor_options.get("scheduler") or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if not address:
         raise DaskUnavailable(
             "a worker on Dask needs a scheduler address (--scheduler, execution.scheduler "
