@@ -283,3 +283,15 @@ def test_a_worker_on_a_dask_cluster_drains_the_queue(s3_env, tmp_path):
     assert sum(executed) == ran and len(executed) == 2, (executed, ran)
     assert codes[0] == 0
     _wait("no process left", lambda: all(_gone(tree) for tree in trees), timeout=30)
+
+
+def test_a_worker_on_dask_without_a_scheduler_says_so_in_one_line(local_root):
+    result = toolkit(
+        ["worker", "--executor", "dask", "--no-schedules"], toolkit_env(local_root), check=False
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "worker not started: a worker on Dask needs a scheduler address (--scheduler, "
+        "execution.scheduler in configs/ or DASK_SCHEDULER_ADDRESS); start one with "
+        "`dask scheduler` and `dask worker`"
+    ]
