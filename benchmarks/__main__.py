@@ -28,7 +28,7 @@ FULL = {
     "rounds": 3,
     "s3_size": 800,
     "tweak_sizes": (80, 800, 8000),
-    "parts": "pipeline,breakdown,app,dask",
+    "parts": "pipeline,breakdown,app,service,dask",
 }
 # Quick: no S3 (one more full run) and no Dask (minutes on its own) to stay within minutes.
 QUICK = {
@@ -36,7 +36,7 @@ QUICK = {
     "rounds": 1,
     "s3_size": 0,
     "tweak_sizes": (10, 100),
-    "parts": "pipeline,breakdown,app",
+    "parts": "pipeline,breakdown,app,service",
 }
 
 
@@ -46,7 +46,9 @@ def _parse(argv):
     parser.add_argument("--sizes", help="products per size, comma-separated (x1,x10,x100)")
     parser.add_argument("--rounds", type=int, help="measured rounds after the warm-up")
     parser.add_argument("--s3-size", type=int, help="products for B4 (0: skip B4)")
-    parser.add_argument("--only", help="parts to run, comma-separated: pipeline,breakdown,app,dask")
+    parser.add_argument(
+        "--only", help="parts to run, comma-separated: pipeline,breakdown,app,service,dask"
+    )
     parser.add_argument("--out", help="results file (default benchmarks/results[-quick].md)")
     parser.add_argument("--workdir", help="keep roots, logs and data here (default: a temp dir)")
     return parser.parse_args(argv)
@@ -108,6 +110,13 @@ def main(argv=None) -> int:
             from benchmarks import bench_app
 
             rows += _guarded("B5", lambda: bench_app.run(workdir / "app", quick=args.quick))
+        if "service" in parts:
+            from benchmarks import bench_service
+
+            rows += _guarded(
+                "S1-S3",
+                lambda: bench_service.run(workdir / "service", sizes, rounds, quick=args.quick),
+            )
         if "dask" in parts:
             rows += _guarded("Dask", lambda: _dask_rows(workdir / "dask", args.quick))
         else:

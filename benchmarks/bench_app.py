@@ -243,15 +243,19 @@ def measure_render(repeats: int) -> dict:
 
 
 def _detail_page(app_dir: Path) -> str:
-    """The run page's script, as the app's router names it (``PAGES["detail"]`` in ui.py),
-    read without importing the app so the first render still pays every import."""
+    return page_script(app_dir, "detail")
+
+
+def page_script(app_dir: Path, name: str) -> str:
+    """A page's script, as the app's router names it (``PAGES[name]`` in ui.py), read
+    without importing the app so the first render still pays every import."""
     import ast
 
     for node in ast.walk(ast.parse((app_dir / "ui.py").read_text())):
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "PAGES" for t in node.targets
         ):
-            return ast.literal_eval(node.value)["detail"]
+            return ast.literal_eval(node.value)[name]
     raise RuntimeError("app/ui.py has no PAGES mapping")
 
 

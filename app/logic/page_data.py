@@ -938,8 +938,11 @@ def queue_positions(root: str) -> dict[str, int]:
     return queue.positions(root)
 
 
-def schedule_rows(root: str, now: dt.datetime | None = None) -> list[dict[str, Any]]:
-    """configs/schedules.yaml as rows: when each fires next, what it fired last, as whom.
+def schedule_rows(
+    root: str, now: dt.datetime | None = None, tz: str | None = None, path=None
+) -> list[dict[str, Any]]:
+    """configs/schedules.yaml (or ``path``) as rows: when each fires next, what it fired
+    last and how those runs went, as whom. Times in ``tz``.
 
     Raises:
         ScheduleError: the file is wrong (the message names the schedule and key).
@@ -948,8 +951,9 @@ def schedule_rows(root: str, now: dt.datetime | None = None) -> list[dict[str, A
 
     now = now or dt.datetime.now(dt.UTC)
     rows = []
-    for schedule in schedules.load():
-        last = schedules.last_fired(schedule, root)
+    for schedule in schedules.load(path):
+        last = schedules.last_fired(schedule, root) or {}
+        following = schedules.next_fire(schedule, now) if schedule.enabled else None
         rows.append(
             {
                 "Schedule": schedule.name,
@@ -957,10 +961,16 @@ def schedule_rows(root: str, now: dt.datetime | None = None) -> list[dict[str, A
                 "Markets": ", ".join(schedule.markets),
                 "Period": schedule.period,
                 "Runs as": schedule.run_as,
-                "Next": schedules.next_fire(schedule, now).isoformat() if schedule.enabled else "",
-                "Last": (last or {}).get("fire_at", ""),
-                "Last runs": ", ".join((last or {}).get("runs", [])),
-                "Enabled": schedule.enabled,
+                "Next": format_time(following.isoformat(), tz) if following else "off",
+                "Last": format_time(last.get("fire_at"), tz),
+                "Last runs": ", ".join(_run_with_status(r, root) for r in last.get("runs", [])),
             }
         )
     return rows
+
+
+def _run_with_status(run_id: str, root: str) -> str:
+    try:
+        return f"{run_id} ({runs.load(run_id, root).status})"
+    except (runs.RunNotFound, runs.RecordUnreadable):
+        return f"{run_id} (no record)"

@@ -1,4 +1,4 @@
-"""Runs: every run with its status; follow one live, cancel it, open or repeat it."""
+"""Runs: every run with its status; follow one live, cancel it, open or repeat it; the schedules."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import streamlit as st
 import ui
 from logic import page_data
 
+from toolkit.data import storage
 from toolkit.runs import store as runs
+from toolkit.runs.schedules import ScheduleError
 
 ctx = ui.guard()  # sign-in and exposure checks, on every page
 tz = ui.timezone()
@@ -23,11 +25,24 @@ def currencies_of(records) -> dict[str, str]:
     return {m: ui.market_currency(ctx.root, m) for m in {r.market for r in records if r.market}}
 
 
+def show_schedules() -> None:
+    """Runs on a calendar (configs/schedules.yaml, fired by the workers): next and last."""
+    try:
+        rows = page_data.schedule_rows(storage.root(), tz=tz)
+    except ScheduleError as exc:
+        st.warning(f"Schedules not shown: {exc}", icon=":material/event_busy:")
+        return
+    if rows:
+        with st.expander(f"Schedules ({len(rows)})", icon=":material/event_repeat:"):
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
 records = runs.list_runs()  # never cached: other people and replicas start runs too
 currencies = currencies_of(records)
 if not records:
     st.info("No runs yet. Start one on the Launch page.", icon=":material/info:")
     st.page_link(ui.PAGES["launch"], label="Launch a run", icon=":material/rocket_launch:")
+    show_schedules()
     st.stop()
 
 
@@ -104,6 +119,8 @@ def run_list() -> None:
 st.session_state["runs.drawn"] = False
 run_list()
 st.session_state["runs.drawn"] = True
+
+show_schedules()
 
 # --- The selected run --------------------------------------------------------------------
 run_id = st.query_params.get("run") or st.session_state["runs.default"]

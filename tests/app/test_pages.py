@@ -660,3 +660,31 @@ def test_operators_see_the_technical_layer(local_root, tmp_path, who):
     assert ":material/folder_open: Files" in labels
     assert "Step forecast: error and traceback (for operators)" in [e.label for e in at.expander]
     assert any(TRACEBACK in c for c in texts(at, "code"))
+
+
+def test_runs_page_shows_the_schedules(app, local_root):
+    at = open_page(app, "runs")  # configs/schedules.yaml: one schedule, off
+    table = at.dataframe[0].value
+    assert list(table["Schedule"]) == ["monthly-pricing"]
+    assert list(table["Next"]) == ["off"]
+
+
+def test_schedule_rows_show_the_last_runs_and_the_next_fire(local_root, tmp_path):
+    import datetime as dt
+
+    from logic import page_data
+
+    from toolkit.runs import schedules
+
+    path = tmp_path / "schedules.yaml"
+    path.write_text(
+        "schedules:\n  weekly:\n    cron: '0 6 * * 1'\n    markets: [US]\n"
+        "    run_as: boss@example.com\n"
+    )
+    monday = dt.datetime(2026, 11, 30, 6, 0, 10, tzinfo=dt.UTC)
+    (fired,) = schedules.tick(monday, path=path)
+    (row,) = page_data.schedule_rows(local_root, monday, "Europe/Oslo", path)
+    assert row["Last"] == "2026-11-30 07:00"  # in the viewer's zone
+    assert row["Next"] == "2026-12-07 07:00"
+    assert row["Last runs"] == f"{fired.runs[0]} (queued)"
+    assert row["Runs as"] == "boss@example.com"

@@ -621,7 +621,11 @@ def worker_command(slots, executor, scheduler, grace_seconds, no_schedules) -> N
     )
     if slots:
         options.slots = slots
-    worker.Worker(storage.root(), options, progress=_progress).run()
+    try:
+        worker.Worker(storage.root(), options, progress=_progress).run()
+    except _dask_errors() as exc:  # no cluster to run on: nothing was taken
+        click.echo(f"worker not started: {exc}", err=True)
+        sys.exit(1)
 
 
 @main.group("schedules")

@@ -16,6 +16,12 @@ second signal hands back at once. The worker exits when its slots have.
 Every ``recover_seconds`` a worker with a free slot resumes runs nobody holds: handed back,
 or whose worker died (after their lease expired), up to ``retries`` takeovers per run. With
 ``schedules`` it also fires the schedules that are due (``runs.schedules``).
+
+With ``executor="dask"`` a run's steps execute on the operator's Dask cluster (the
+scheduler address from the command line, configs/ or ``DASK_SCHEDULER_ADDRESS``; a
+worker never starts a cluster of its own). Each slot then holds one client, connected
+when it warms up, that its runs share; the slot only keys and records its run. The
+worker checks the scheduler answers before it takes any work.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from toolkit.data import storage
 from toolkit.runs import queue
 from toolkit.runs import store as runs
 
-__all__ = ["Options", "Worker", "default_slots"]
+__all__ = ["Options", "Worker", "check_cluster", "default_slots"]
 
 RUN_MEMORY_BYTES = 2 * 1024**3  # a run at the benchmark's largest size peaks near 2 GiB
 KILL_AFTER_SECONDS = 30.0  # an interrupted run that has not stopped by then is killed
@@ -76,7 +82,10 @@ class Options:
 # ---------------------------------------------------------------------------
 
 
-def _warm_up() -> None:
+_cluster = None  # on Dask: this slot's client, shared by its runs (``_executor_options``)
+
+
+def _warm_up(options: Options) -> None:
     """Import what a run uses, so a run given to this process starts at once."""
     import nbclient  # noqa: F401
     import papermill  # noqa: F401
@@ -85,6 +94,45 @@ def _warm_up() -> None:
 
     from toolkit.dag import kernels, pipeline  # noqa: F401
     from toolkit.runs import runner  # noqa: F401
+
+    if options.executor == "dask":
+        from toolkit.scale.dask_executor import DaskUnavailable
+
+        with contextlib.suppress(DaskUnavailable):  # gone since the worker checked: the run retries
+            _executor_options(options)
+
+
+def _executor_options(options: Options) -> dict[str, Any]:
+    """A run's executor options: on Dask, the slot's client (connected once); else the
+    worker's."""
+    global _cluster
+    if options.executor != "dask":
+        return options.executor_options
+    if _cluster is None:
+        from toolkit.scale.dask_executor import DaskExecutor
+
+        _cluster = DaskExecutor(**options.executor_options)
+    return {"shared": _cluster}
+
+
+def check_cluster(options: Options) -> None:
+    """On Dask, that the operator named a scheduler and it answers.
+
+    Raises:
+        DaskUnavailable: no scheduler address, or the scheduler cannot be reached.
+    """
+    if options.executor != "dask":
+        return
+    from toolkit.scale.dask_executor import DaskExecutor, DaskUnavailable
+
+    address = options.executor_options.get("scheduler") or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if not address:
+        raise DaskUnavailable(
+            "a worker on Dask needs a scheduler address (--scheduler, execution.scheduler "
+            "in configs/ or DASK_SCHEDULER_ADDRESS); start one with `dask scheduler` and "
+            "`dask worker`"
+        )
+    DaskExecutor(**{**options.executor_options, "scheduler": address}).close()
 
 
 def _watch_worker(worker_pid: int) -> None:
@@ -102,7 +150,7 @@ def _serve(conn: Connection, worker_pid: int, options: Options) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        _warm_up()
+        _warm_up(options)
         threading.Thread(target=_watch_worker, args=(worker_pid,), daemon=True).start()
         conn.send(("ready", None))
         for _ in range(options.runs_per_process):
@@ -112,6 +160,10 @@ def _serve(conn: Connection, worker_pid: int, options: Options) -> None:
             conn.send(("done", _execute(job, options)))
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         return  # the worker is gone, or stops
+    finally:
+        if _cluster is not None:
+            with contextlib.suppress(Exception):  # a scheduler already gone
+                _cluster.close()
 
 
 def _execute(job: dict[str, Any], options: Options) -> dict[str, Any]:
@@ -125,6 +177,7 @@ def _execute(job: dict[str, Any], options: Options) -> dict[str, Any]:
 
     outcome, error = "succeeded", None
     try:
+        executor_options = _executor_options(options)  # before a claim: a run waits for it
         if job["kind"] == "new":
             lease = queue.claim(queue.Entry.parse(job["entry"]), root, runs.heartbeat_seconds())
             if lease is None:
@@ -138,7 +191,7 @@ def _execute(job: dict[str, Any], options: Options) -> dict[str, Any]:
                 record,
                 lease=lease,
                 executor=options.executor,
-                executor_options=options.executor_options,
+                executor_options=executor_options,
                 progress=progress,
             )
         else:
@@ -146,7 +199,7 @@ def _execute(job: dict[str, Any], options: Options) -> dict[str, Any]:
                 run_id,
                 progress=progress,
                 executor=options.executor,
-                executor_options=options.executor_options,
+                executor_options=executor_options,
             )
     except runner.RunFailed as exc:
         outcome, error = exc.record.status, str(exc)
@@ -214,6 +267,7 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 handlers[sig] = signal.signal(sig, self.stop)
         try:
+            check_cluster(self.options)
             self.slots = [self._start_slot() for _ in range(self.options.slots)]
             self.progress(
                 f"worker: {self.options.slots} slots, executor {self.options.executor}, "

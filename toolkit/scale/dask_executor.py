@@ -74,13 +74,41 @@ def project_fingerprint() -> str:
     return _fingerprint
 
 
-def _run_checked(expected: str, fn, *args):
+# The project this process was started on by its operator, if any (read at import, before
+# ``_enter_project`` sets the variable for a task).
+_OPERATOR_PROJECT = os.environ.get("TOOLKIT_PROJECT", "").strip() or None
+
+
+def _enter_project(launcher_project: str) -> None:
+    """Work on the launcher's project folder, unless this worker's operator named one.
+
+    A ``dask worker`` may run in any working directory, which says nothing about the
+    project: the launcher's folder comes with each task. As ``TOOLKIT_PROJECT`` it reaches
+    the config resolution Ploomber runs here and the kernels this worker starts.
+    """
+    global _fingerprint
+    if _OPERATOR_PROJECT or os.environ.get("TOOLKIT_PROJECT") == launcher_project:
+        return
+    if (Path(launcher_project) / project.MARKER).is_file():
+        os.environ["TOOLKIT_PROJECT"] = launcher_project
+        _fingerprint = None
+
+
+def _run_checked(expected: str, launcher_project: str, fn, *args):
     """Run ``fn(*args)`` on a worker only if its project is the launcher's.
 
     The launcher keys each step by its own notebook and code; a worker with another
     version would publish other outputs under that key.
     """
-    found = project_fingerprint()
+    _enter_project(launcher_project)
+    try:
+        found = project_fingerprint()
+    except project.NotInProject as exc:
+        raise ProjectMismatch(
+            f"worker on {socket.gethostname()} has no toolkit project: not at the launcher's "
+            f"{launcher_project}, and {exc}; deploy the launcher's commit there, or start "
+            "the worker with TOOLKIT_PROJECT"
+        ) from None
     if found != expected:
         raise ProjectMismatch(
             f"worker on {socket.gethostname()} has another toolkit project at {project.root()} "
@@ -209,11 +237,12 @@ class DaskExecutor:
         self.cluster = None
         self._tmp: str | None = None
         self._fingerprint: str | None = None
+        self._project: str | None = None  # sent with each task to an existing cluster
         self.home: str | None = None  # the worker that ran this run's last step
         if shared is not None:
             self.client, self.retries, self._slots = shared.client, shared.retries, shared._slots
             self.address, self._owner = shared.address, False
-            self._fingerprint = shared._fingerprint
+            self._fingerprint, self._project = shared._fingerprint, shared._project
             return
         if int(workers) < 1 or int(retries) < 0:
             raise ValueError(f"need workers >= 1 and retries >= 0, got {workers} and {retries}")
@@ -226,6 +255,7 @@ class DaskExecutor:
             # Its workers have their own copy of the project: check it matches ours. (A
             # local cluster reads our very files, so it is not checked.)
             self._fingerprint = project_fingerprint()
+            self._project = str(project.root())
         else:
             self.client = self._start_local(int(workers))
             # Hand a worker one task at a time: the scheduler counts a worker's death
@@ -297,7 +327,7 @@ class DaskExecutor:
                 self._check_stop()
         self._check_stop_releasing()
         if self._fingerprint is not None:
-            fn, args = _run_checked, (self._fingerprint, fn, *args)
+            fn, args = _run_checked, (self._fingerprint, self._project, fn, *args)
         home = self._idle_home()
         try:
             future = self.client.submit(

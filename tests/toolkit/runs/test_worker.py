@@ -4,13 +4,15 @@ resumed by another worker."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import time
 
 import psutil
 import pytest
-from helpers import PROJECT_DIR, TOOLKIT, toolkit, toolkit_env
+from helpers import BIN, PROJECT_DIR, TOOLKIT, new_bucket, toolkit, toolkit_env
 
 from toolkit.runs import lease as leases
 from toolkit.runs import queue
@@ -146,3 +148,152 @@ def test_a_run_whose_worker_was_killed_is_finished_by_another(store, tmp_path):
     assert len(record.resumed) == 1
     assert record.steps["load_transform"].attempts == [f"{run_id}.1"]  # not redone
     assert "takeover 1" in (tmp_path / "b.log").read_text()
+
+
+def _most_at_once(records) -> int:
+    """The most runs whose started..finished spans overlap at one instant."""
+    spans = [(r.started_at, r.finished_at) for r in records]
+    return max(sum(1 for s, e in spans if s <= at < e) for at, _ in spans)
+
+
+def test_twenty_submissions_at_once_on_two_slots(store, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from toolkit import config
+
+    worker = _worker(store, tmp_path / "w.log", "--slots", "2")
+    try:
+
+        def submit(horizon):  # another config each: every run executes steps of its own
+            patches = [f"forecast.horizon={horizon}"]
+            resolved = config.resolve(country="US", patches=patches, project_dir=PROJECT_DIR)
+            return queue.submit(resolved, (), patches).id
+
+        with ThreadPoolExecutor(20) as pool:
+            submitted = list(pool.map(submit, range(4, 24)))
+        assert len(queue.pending(store)) + 2 >= 20  # queued at once, before most started
+        _wait(
+            "every run finished",
+            lambda: all(runs.load(r).status in queue.FINAL for r in submitted),
+            timeout=1500,
+        )
+    finally:
+        assert _stop(worker) == 0
+    records = [runs.load(r) for r in submitted]
+    assert [r.status for r in records] == ["succeeded"] * 20
+    assert _most_at_once(records) == 2  # never more than its slots, and both used
+    assert queue.pending(store) == []
+
+
+# ---------------------------------------------------------------------------
+# On a Dask cluster the operator started
+# ---------------------------------------------------------------------------
+
+
+def _dask(args, cwd, env, log) -> subprocess.Popen:
+    """The venv's `dask` command, as an operator runs it on another machine."""
+    return subprocess.Popen(
+        [str(BIN / "dask"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=open(log, "w"),  # noqa: SIM115 - the process keeps it
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _executed_on(address) -> list[int]:
+    """Tasks each worker of the cluster at ``address`` has executed."""
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        counts = client.run(lambda dask_worker: dask_worker.state.executed_count)
+    return list(counts.values())
+
+
+def test_a_worker_on_a_dask_cluster_drains_the_queue(s3_env, tmp_path):
+    root = new_bucket(s3_env, "worker-on-dask")
+    toolkit(["demo-data", "--markets", "US", "--products", "60"], toolkit_env(root))
+    submitted = [_submit(root, f"forecast.horizon={h}") for h in (8, 9)]
+
+    # The cluster shares nothing with the submitter but the storage root: another
+    # working directory, no TOOLKIT_ROOT or TOOLKIT_PROJECT; S3 credentials only.
+    elsewhere = tmp_path / "cluster"
+    elsewhere.mkdir()
+    cluster_env = {k: v for k, v in os.environ.items() if not k.startswith(("TOOLKIT_", "DASK_"))}
+    # The scheduler picks a free port and says which in its file, as an operator's would.
+    scheduler_file = elsewhere / "scheduler.json"
+    scheduler = _dask(
+        [
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--dashboard-address",
+            "127.0.0.1:0",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        elsewhere,
+        cluster_env,
+        tmp_path / "scheduler.log",
+    )
+    cluster = [scheduler]
+    worker = None
+    try:
+        _wait("the scheduler up", scheduler_file.exists, timeout=60)
+        address = json.loads(scheduler_file.read_text())["address"]
+        for n in (1, 2):
+            cluster.append(
+                _dask(
+                    [
+                        "worker",
+                        address,
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                        "--host",
+                        "127.0.0.1",
+                        "--local-directory",
+                        str(elsewhere / f"w{n}"),
+                    ],
+                    elsewhere,
+                    cluster_env,
+                    tmp_path / f"dask-worker-{n}.log",
+                )
+            )
+        worker = _worker(
+            root, tmp_path / "w.log", "--slots", "2", "--executor", "dask", "--scheduler", address
+        )
+        _wait(
+            "both runs finished",
+            lambda: all(runs.load(r, root).status in queue.FINAL for r in submitted),
+        )
+        trees = [_tree(p) for p in (worker, *cluster)]
+        executed = _executed_on(address)
+    finally:
+        codes = [_stop(worker)] if worker else []
+        for process in reversed(cluster):
+            process.send_signal(signal.SIGTERM)
+            codes.append(process.wait(timeout=60))
+    log = (tmp_path / "w.log").read_text()
+    assert "executor dask" in log
+    records = [runs.load(r, root) for r in submitted]
+    assert [r.status for r in records] == ["succeeded", "succeeded"], log
+    ran = sum(1 for r in records for s in r.steps.values() if not s.reused)
+    # Every step a run executed ran on the cluster, on both of its workers.
+    assert sum(executed) == ran and len(executed) == 2, (executed, ran)
+    assert codes[0] == 0
+    _wait("no process left", lambda: all(_gone(tree) for tree in trees), timeout=30)
+
+
+def test_a_worker_on_dask_without_a_scheduler_says_so_in_one_line(local_root):
+    result = toolkit(
+        ["worker", "--executor", "dask", "--no-schedules"], toolkit_env(local_root), check=False
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "worker not started: a worker on Dask needs a scheduler address (--scheduler, "
+        "execution.scheduler in configs/ or DASK_SCHEDULER_ADDRESS); start one with "
+        "`dask scheduler` and `dask worker`"
+    ]
