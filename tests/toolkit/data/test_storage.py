@@ -30,8 +30,8 @@ def test_s3_options_have_timeouts_retries_and_endpoint(monkeypatch):
 
 
 def test_unknown_protocol_names_the_package_to_install():
-    with pytest.raises(storage.StorageError, match="gcsfs"):
-        storage.filesystem("gs://bucket/key")
+    with pytest.raises(storage.StorageError, match="no filesystem for oci://.*ocifs"):
+        storage.filesystem("oci://bucket/key")
 
 
 def test_raw_urls_are_hive_style(local_root):
