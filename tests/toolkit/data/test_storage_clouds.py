@@ -6,6 +6,7 @@ and its fsspec library allow it (S3, Azure; creation on GCS), else compared, the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import threading
@@ -15,7 +16,6 @@ import pytest
 from faults import StallingProxy
 
 from toolkit.data import storage
-
 
 ROOTS = {"local": "local_root", "s3": "s3_root", "gs": "gcs_root", "az": "azure_root"}
 
@@ -80,10 +80,8 @@ def race(url: str, version: str | None, writers: int = 6) -> list[str]:
     def write(n: int) -> None:
         fs = storage.own_filesystem(url)
         start.wait()
-        try:
+        with contextlib.suppress(storage.WriteConflict):
             won.append(storage.write_if(url, f"writer {n}".encode(), version, fs))
-        except storage.WriteConflict:
-            pass
 
     threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
     for thread in threads:
@@ -125,9 +123,7 @@ OPERATIONS = {
 }
 
 
-def test_a_cloud_that_stops_answering_fails_each_call_within_its_deadline(
-    cloud_root, monkeypatch
-):
+def test_a_cloud_that_stops_answering_fails_each_call_within_its_deadline(cloud_root, monkeypatch):
     """gcsfs and adlfs retry on their own; the storage deadline still ends every call."""
     url = storage.join(cloud_root, "runs", "r1", "record.json")
     storage.write_bytes(url, b"{}")
@@ -152,4 +148,3 @@ def test_a_cloud_that_stops_answering_fails_each_call_within_its_deadline(
             assert elapsed < LIMIT, f"{operation} failed after {elapsed:.1f} s"
         proxy.resume()
         assert storage.read_bytes(url) == b"{}"
-
