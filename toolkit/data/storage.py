@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import math
 import os
 import posixpath
 import time
@@ -114,6 +115,27 @@ def s3_options() -> dict[str, Any]:
     return options
 
 
+def cloud_options(protocol: str) -> dict[str, Any]:
+    """gcsfs and adlfs options: each request's connect and read timeouts. Their own retries
+    (gcsfs tries 6 times, Azure's client 4) are not ours to set: the deadline ends them."""
+    if protocol in ("gs", "gcs"):
+        import aiohttp
+
+        timeouts = aiohttp.ClientTimeout(sock_connect=connect_timeout(), sock_read=read_timeout())
+        options: dict[str, Any] = {"requests_timeout": timeouts}
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            # As google-cloud-storage does: an emulator takes no credentials, and looking
+            # for them would ask the cloud's metadata server.
+            options["token"] = "anon"
+        return options
+    if protocol in ("az", "abfs", "abfss"):
+        return {
+            "connection_timeout": math.ceil(connect_timeout()),
+            "read_timeout": math.ceil(read_timeout()),
+        }
+    return {}
+
+
 def describe(url: str) -> str:
     """The URL, plus the endpoint for S3, for error messages."""
     if url.startswith("s3://"):
@@ -131,11 +153,7 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
         return OneRetryLayerS3FileSystem(**s3_options()), strip_protocol(url)
     elif protocol not in ("file", "local", "memory"):
-        options = {"use_listings_cache": False}
-        if protocol in ("gs", "gcs") and os.environ.get("STORAGE_EMULATOR_HOST"):
-            # As google-cloud-storage does: an emulator takes no credentials, and looking
-            # for them would ask the cloud's metadata server.
-            options["token"] = "anon"
+        options = {"use_listings_cache": False, **cloud_options(protocol)}
     try:
         return url_to_fs(url, **options)
     except ImportError as exc:
