@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
+# Azurite, the Azure Blob emulator the tests start, from npm into the (git-ignored) venv.
+AZURITE_VERSION := 3.37.0
+AZURITE := $(VENV)/node/.azurite-$(AZURITE_VERSION)
 
 # No telemetry from Ploomber, whatever runs it.
 export PLOOMBER_STATS_ENABLED := false
@@ -30,6 +33,11 @@ $(STAMP): pyproject.toml requirements.lock
 	  > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/toolkit_privacy.pth
 	touch $(STAMP)
 
+$(AZURITE): | $(STAMP)
+	@command -v npm >/dev/null 2>&1 || { echo "npm is missing: the Azure Blob tests run Azurite from npm. Install Node.js and npm (Debian: apt-get install nodejs npm), then run make again." >&2; exit 1; }
+	npm install --prefix $(VENV)/node --no-audit --no-fund --no-update-notifier --loglevel=error azurite@$(AZURITE_VERSION)
+	touch $(AZURITE)
+
 demo: install ## Write the synthetic demo data (through last week), plan next month for the default market
 	$(VENV)/bin/toolkit demo-data
 	$(VENV)/bin/toolkit run --patch period=$$($(PY) -c 'import datetime as d; t = d.date.today(); print(f"{t.year + t.month // 12}-{t.month % 12 + 1:02d}")')
@@ -45,10 +53,10 @@ app: install ## Serve the app on http://127.0.0.1:8501 with a worker for its run
 	  trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT; \
 	  $(VENV)/bin/streamlit run app/serve.py --server.address 127.0.0.1
 
-test: install ## Run the test suite
+test: install $(AZURITE) ## Run the test suite
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-test-fast: install ## The quick loop: every test not marked slow (a few minutes)
+test-fast: install $(AZURITE) ## The quick loop: every test not marked slow (a few minutes)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
 bench: install ## Measure speed as ratios (long): benchmarks/results.md and results.png
@@ -66,7 +74,7 @@ format: install ## Format with ruff
 	$(VENV)/bin/ruff format .
 
 lock: ## Re-pin dependencies into requirements.lock (needs uv)
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra app --extra scale \
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra app --extra scale --extra clouds \
 	  --python-version 3.11 --no-emit-index-url --no-header -o requirements.lock
 
 clean: ## Remove the local build workspace (not the store)

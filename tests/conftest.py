@@ -135,3 +135,70 @@ def stalling_s3(s3_server, monkeypatch, request):
         fsspec.AbstractFileSystem.clear_instance_cache()
         yield StallingS3(root, env, proxy)
         proxy.resume()  # let clients that still wait on it finish before it closes
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory):
+    """fake-gcs-server (a real GCS JSON API, with generation preconditions) on a loopback
+    port, for gcsfs: the environment a process needs to use it."""
+    from helpers import Emulator, fake_gcs_server
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [fake_gcs_server(), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1"]
+    args += ["-port", port, "-external-url", url, "-log-level", "error"]
+    with Emulator(args, port, tmp_path_factory.mktemp("gcs") / "server.log"):
+        # gcsfs's default filesystem first asks a gRPC control API (not emulated) what kind
+        # of bucket each is, waiting a minute for the answer; the plain one does not.
+        yield {"STORAGE_EMULATOR_HOST": url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+
+@pytest.fixture(scope="session")
+def azure_server(tmp_path_factory):
+    """Azurite's Blob service (from npm, installed by `make test`) on a loopback port, for
+    adlfs: the environment a process needs to use it."""
+    from helpers import AZURITE, AZURITE_ACCOUNT, AZURITE_KEY, Emulator
+
+    if not AZURITE.exists():
+        pytest.fail(f"{AZURITE} is missing: `make test` installs Azurite from npm")
+    port = free_port()
+    args = [AZURITE, "--blobHost", "127.0.0.1", "--blobPort", port, "--inMemoryPersistence"]
+    args += ["--silent", "--skipApiVersionCheck", "--disableTelemetry"]
+    with Emulator(args, port, tmp_path_factory.mktemp("azurite") / "server.log"):
+        yield {
+            "AZURE_STORAGE_CONNECTION_STRING": (
+                f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+                f"AccountKey={AZURITE_KEY};"
+                f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+            )
+        }
+
+
+def use_cloud(cloud: str, env: dict[str, str], monkeypatch) -> str:
+    from helpers import new_cloud_root
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    root = new_cloud_root(cloud)
+    monkeypatch.setenv("TOOLKIT_ROOT", root)
+    return root
+
+
+@pytest.fixture
+def gcs_root(gcs_server, monkeypatch) -> str:
+    """A fresh bucket on fake-gcs-server, set as the storage root, with the emulator's
+    variables in this process's environment."""
+    return use_cloud("gs", gcs_server, monkeypatch)
+
+
+@pytest.fixture
+def azure_root(azure_server, monkeypatch) -> str:
+    """A fresh container on Azurite, set as the storage root, with the emulator's
+    variables in this process's environment."""
+    return use_cloud("az", azure_server, monkeypatch)
+
+
+@pytest.fixture(params=["gs", "az"])
+def cloud_root(request) -> str:
+    """``gcs_root`` and ``azure_root`` in turn."""
+    return request.getfixturevalue("gcs_root" if request.param == "gs" else "azure_root")

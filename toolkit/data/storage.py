@@ -2,7 +2,10 @@
 
 The root comes from ``TOOLKIT_ROOT`` (default ``<project>/store``). S3 settings come from
 the usual AWS variables (``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3`` for any S3-compatible
-service, ``AWS_REGION``, credentials), so the same code talks to AWS, MinIO or moto.
+service, ``AWS_REGION``, credentials), so the same code talks to AWS, MinIO or moto. GCS
+(gcsfs) and Azure Blob (adlfs) take their libraries' own settings: Google's application
+default credentials or ``STORAGE_EMULATOR_HOST``; ``AZURE_STORAGE_CONNECTION_STRING`` or
+``AZURE_STORAGE_ACCOUNT_NAME`` with Azure's default credentials.
 Every call on a remote store ends within its deadline, ``(connect timeout + read timeout) x
 attempts``, whatever the libraries underneath retry; listings are not cached, so a
 long-lived reader sees what other processes wrote.
@@ -14,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import math
 import os
 import posixpath
 import time
@@ -111,6 +115,27 @@ def s3_options() -> dict[str, Any]:
     return options
 
 
+def cloud_options(protocol: str) -> dict[str, Any]:
+    """gcsfs and adlfs options: each request's connect and read timeouts. Their own retries
+    (gcsfs tries 6 times, Azure's client 4) are not ours to set: the deadline ends them."""
+    if protocol in ("gs", "gcs"):
+        import aiohttp
+
+        timeouts = aiohttp.ClientTimeout(sock_connect=connect_timeout(), sock_read=read_timeout())
+        options: dict[str, Any] = {"requests_timeout": timeouts}
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            # As google-cloud-storage does: an emulator takes no credentials, and looking
+            # for them would ask the cloud's metadata server.
+            options["token"] = "anon"
+        return options
+    if protocol in ("az", "abfs", "abfss"):
+        return {
+            "connection_timeout": math.ceil(connect_timeout()),
+            "read_timeout": math.ceil(read_timeout()),
+        }
+    return {}
+
+
 def describe(url: str) -> str:
     """The URL, plus the endpoint for S3, for error messages."""
     if url.startswith("s3://"):
@@ -128,7 +153,7 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
         return OneRetryLayerS3FileSystem(**s3_options()), strip_protocol(url)
     elif protocol not in ("file", "local", "memory"):
-        options = {"use_listings_cache": False}
+        options = {"use_listings_cache": False, **cloud_options(protocol)}
     try:
         return url_to_fs(url, **options)
     except ImportError as exc:
@@ -136,6 +161,10 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
             f"no filesystem for {protocol}:// URLs ({exc}); install its fsspec package "
             "(gcsfs for gs://, adlfs for az://)"
         ) from None
+
+
+# Libraries under the filesystems whose errors are failures to talk to the store.
+_CLIENT_LIBRARIES = ("botocore", "aiohttp", "aiobotocore", "azure", "gcsfs", "google")
 
 
 def _call(url: str, action: str, fn, *args, **kwargs):
@@ -148,7 +177,7 @@ def _call(url: str, action: str, fn, *args, **kwargs):
     except (OSError, TimeoutError, ConnectionError) as exc:
         raise StorageError(f"cannot {action} {describe(url)}: {exc}") from exc
     except Exception as exc:  # botocore and aiohttp raise their own types
-        if type(exc).__module__.split(".")[0] in ("botocore", "aiohttp", "aiobotocore"):
+        if type(exc).__module__.split(".")[0] in _CLIENT_LIBRARIES:
             raise StorageError(f"cannot {action} {describe(url)}: {exc}") from exc
         raise
 
@@ -327,7 +356,11 @@ def glob(url: str) -> list[str]:
     """What ``url``'s wildcards match, sorted, spelled as ``url`` is (a path stays a path)."""
     fs, pattern = filesystem(url)
     matches = sorted(_bounded(url, "list", fs, "glob", pattern))
-    return [fs.unstrip_protocol(path) if "://" in url else path for path in matches]
+    if "://" not in url:
+        return matches
+    # The URL's own protocol: fsspec would name adlfs's first one (abfs://, not az://).
+    protocol = url.split("://", 1)[0]
+    return [f"{protocol}://{path}" for path in matches]
 
 
 def remove(url: str, recursive: bool = False) -> None:
@@ -337,8 +370,7 @@ def remove(url: str, recursive: bool = False) -> None:
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
+    return _protocol(fs) in ("file", "local")
 
 
 # ---------------------------------------------------------------------------
@@ -363,18 +395,19 @@ def own_filesystem(url: str) -> fsspec.AbstractFileSystem:
 
 
 def read_versioned(url: str, fs: fsspec.AbstractFileSystem | None = None) -> tuple[bytes, str]:
-    """An object's bytes and the version ``write_if`` compares: its ETag on S3, else the
-    SHA-256 of its content. ``FileNotFoundError`` when there is none."""
+    """An object's bytes and the version ``write_if`` compares: its ETag on S3 and Azure,
+    else the SHA-256 of its content. ``FileNotFoundError`` when there is none."""
     shared, path = filesystem(url)
     fs = fs or shared
-    if not _is_s3(fs):
+    key = _version_key(fs)
+    if key is None:
         data = _bounded(url, "read", fs, "cat_file", path)
         return data, _digest(data)
     for _ in range(3):
         # The same ETag before and after the read: the bytes are of that version.
-        before = _bounded(url, "read", fs, "info", path)["ETag"]
+        before = _bounded(url, "read", fs, "info", path)[key]
         data = _bounded(url, "read", fs, "cat_file", path)
-        if _bounded(url, "read", fs, "info", path)["ETag"] == before:
+        if _bounded(url, "read", fs, "info", path)[key] == before:
             return data, before
     raise StorageError(f"cannot read {describe(url)}: it changed during each of 3 reads")
 
@@ -384,8 +417,8 @@ def version_of(url: str, fs: fsspec.AbstractFileSystem | None = None) -> str | N
     shared, path = filesystem(url)
     fs = fs or shared
     try:
-        if _is_s3(fs):
-            return _bounded(url, "check", fs, "info", path)["ETag"]
+        if key := _version_key(fs):
+            return _bounded(url, "check", fs, "info", path)[key]
         return read_versioned(url, fs)[1]
     except FileNotFoundError:
         return None
@@ -397,23 +430,27 @@ def write_if(
     """Write ``data`` only if the object is still at ``version`` (None: only if there is no
     object yet); return its new version. Of two writers with the same version, one wins.
 
-    S3 decides on the server (``If-None-Match: *`` to create, ``If-Match: <ETag>`` to
-    replace). A local disk compares and replaces under an exclusive lock on a sibling lock
-    file (``.<name>.lock``), which every conditional writer takes. Other stores (GCS,
-    Azure through fsspec) compare, then write: that narrows the race to the time of one
-    write but does not close it.
+    S3 and Azure decide on the server (S3: ``If-None-Match: *`` to create, ``If-Match:
+    <ETag>`` to replace; Azure the same through ``upload_blob``'s ``overwrite`` and
+    ``etag``). GCS creates on the server too (gcsfs's ``mode="create"`` sends
+    ``ifGenerationMatch=0``); gcsfs has no public way to send a generation with a
+    replacement, so there a replacement compares, then writes, as on any other fsspec
+    store: that narrows the race to the time of one write but does not close it. A local
+    disk compares and replaces under an exclusive lock on a sibling lock file
+    (``.<name>.lock``), which every conditional writer takes.
 
     Raises:
         WriteConflict: the object is not at ``version``; nothing was written.
     """
     shared, path = filesystem(url)
     fs = fs or shared
+    key = _version_key(fs)
     if _is_local(fs):
         written = _call(url, "write", _local_write_if, url, Path(path), data, version)
-    elif _is_s3(fs):
-        condition = {"mode": "create"} if version is None else {"IfMatch": version}
+    elif key or (version is None and _protocol(fs) in ("gs", "gcs")):
         try:
-            written = _bounded(url, "write", fs, "pipe_file", path, data, **condition)["ETag"]
+            answer = _bounded(url, "write", fs, "pipe_file", path, data, **_condition(fs, version))
+            written = answer[key] if key else _digest(data)
         except (FileNotFoundError, StorageError) as exc:  # removed meanwhile; or refused
             if not isinstance(exc, FileNotFoundError) and not _refused(exc):
                 raise
@@ -429,20 +466,41 @@ def write_if(
     return written
 
 
+def _condition(fs: fsspec.AbstractFileSystem, version: str | None) -> dict[str, Any]:
+    """``pipe_file``'s arguments that make the store refuse a write not at ``version``."""
+    if version is None:
+        return {"mode": "create"}
+    if _is_s3(fs):
+        return {"IfMatch": version}
+    from azure.core import MatchConditions  # adlfs hands them to azure-storage-blob
+
+    return {"etag": version, "match_condition": MatchConditions.IfNotModified}
+
+
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _protocol(fs: fsspec.AbstractFileSystem) -> str:
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+
 def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("s3", "s3a")
+    return _protocol(fs) in ("s3", "s3a")
+
+
+def _version_key(fs: fsspec.AbstractFileSystem) -> str | None:
+    """The entry of ``fs.info`` that a conditional write can name to the server."""
+    return {"s3": "ETag", "s3a": "ETag", "abfs": "etag"}.get(_protocol(fs))
 
 
 def _refused(exc: BaseException | None) -> bool:
-    """Whether S3 refused a conditional write (rather than failed to answer): 412 when the
-    condition does not hold, 409 when another conditional write to the key was in flight."""
+    """Whether the store refused a conditional write (rather than failed to answer): 412 when
+    the condition does not hold, 409 when another conditional write to the key was in flight."""
     while exc is not None:
         if isinstance(exc, FileExistsError):
+            return True
+        if getattr(exc, "status_code", None) in (409, 412):  # azure-core's HttpResponseError
             return True
         answer = getattr(exc, "response", None)  # botocore's ClientError
         if isinstance(answer, dict):

@@ -1,5 +1,6 @@
 """Raw tables from the team's own sources: CSV or Parquet, renamed columns, globs and
-templates, locally and on S3 (moto), checked file by file."""
+templates, locally, on S3 (moto), GCS (fake-gcs-server) and Azure Blob (Azurite), checked
+file by file."""
 
 from __future__ import annotations
 
@@ -30,9 +31,12 @@ def demo():
     return demo_data.generate(["SE"], n_products=6, as_of=AS_OF)["SE"]
 
 
-@pytest.fixture(params=["local", "s3"])
+ROOTS = {"local": "local_root", "s3": "s3_root", "gs": "gcs_root", "az": "azure_root"}
+
+
+@pytest.fixture(params=list(ROOTS))
 def root(request) -> str:
-    return request.getfixturevalue("local_root" if request.param == "local" else "s3_root")
+    return request.getfixturevalue(ROOTS[request.param])
 
 
 def defaults() -> dict:

@@ -29,9 +29,20 @@ def test_s3_options_have_timeouts_retries_and_endpoint(monkeypatch):
     assert "127.0.0.1:9000" in storage.describe("s3://b/k")
 
 
+def test_gcs_and_azure_clients_get_the_request_timeouts(monkeypatch):
+    monkeypatch.setenv("TOOLKIT_STORAGE_CONNECT_TIMEOUT", "2")
+    monkeypatch.setenv("TOOLKIT_STORAGE_READ_TIMEOUT", "7.5")
+    gcs = storage.cloud_options("gs")["requests_timeout"]
+    assert (gcs.sock_connect, gcs.sock_read) == (2, 7.5)
+    azure = storage.cloud_options("az")
+    assert (azure["connection_timeout"], azure["read_timeout"]) == (2, 8)  # whole seconds
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:4443")
+    assert storage.cloud_options("gs")["token"] == "anon"  # never the metadata server
+
+
 def test_unknown_protocol_names_the_package_to_install():
-    with pytest.raises(storage.StorageError, match="gcsfs"):
-        storage.filesystem("gs://bucket/key")
+    with pytest.raises(storage.StorageError, match="no filesystem for oci://.*ocifs"):
+        storage.filesystem("oci://bucket/key")
 
 
 def test_raw_urls_are_hive_style(local_root):
