@@ -131,7 +131,7 @@ def test_launch_follow_and_read_results_in_a_browser(server_with_worker, browser
         # Follow it on the Runs page while it runs in the background.
         page.get_by_role("link", name="Follow it on the Runs page").click()
         expect(page.get_by_role("heading", name="Runs")).to_be_visible()
-        expect(page.get_by_text(re.compile(r"\d of 5 steps done")).first).to_be_visible()
+        expect(page.get_by_text(re.compile(r"\d of 6 steps done")).first).to_be_visible()
         record = wait_for_status(
             run_id, ("succeeded", "failed", "cancelled", "interrupted"), root=root
         )

@@ -111,7 +111,7 @@ def test_the_run_succeeds_and_its_results_show(first_run):
     assert len(at.dataframe[0].value) == int(at.metric[3].value)  # the changed products
     assert len(at.get("vega_lite_chart")) == 3
     notebooks = [e.label for e in at.expander if " · " in e.label]
-    assert len(notebooks) == 5 and all("Succeeded" in n for n in notebooks)
+    assert len(notebooks) == 6 and all("Succeeded" in n for n in notebooks)
 
 
 def test_a_second_run_reuses_cached_steps_and_compares(first_run):

@@ -195,7 +195,7 @@ def test_a_fully_cached_run_imports_neither_ploomber_nor_pandas(baseline):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count(f": reused from run {first}") == 5  # every step cached
+    assert result.stdout.count(f": reused from run {first}") == 6  # every step cached
     assert "ploomber modules: []" in result.stdout, result.stdout[-3000:]
     assert "pandas loaded: False" in result.stdout
     assert "Forecast backtest WAPE: model " in result.stdout
