@@ -191,6 +191,7 @@ def test_a_cached_parquet_corrupted_in_place_is_reported_and_executed_again(stor
         "load_transform",
         "identify_underperformers",
         "optimize",
+        "check_forecast",
         "format_output",
     }
 
