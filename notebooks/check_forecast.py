@@ -21,14 +21,20 @@ reports = str(Path(product["nb"]).parent)
 forecasts = io.read(upstream["forecast"]["data"], schemas.Forecasts, report_dir=reports)
 held = io.read(upstream["load_transform"]["actuals"], schemas.Actuals, report_dir=reports)
 
+
 # %%
+def percent(value, spec):
+    """A ratio as text; None (nothing sold) is shown as such, never as a number."""
+    return "n/a" if value is None else format(value, spec)
+
+
 rows, summary = actuals.forecast_vs_actual(forecasts, held, run["period"])
 io.write(rows, product["data"], schemas.ForecastVsActual)
 io.write_json(summary, product["summary"])
 if summary["status"] == "checked":
     print(
-        f"period {run['period']}: WAPE {summary['wape']:.1%}, bias {summary['bias']:+.1%} "
-        f"over {summary['products']} products"
+        f"period {run['period']}: WAPE {percent(summary['wape'], '.1%')}, "
+        f"bias {percent(summary['bias'], '+.1%')} over {summary['products']} products"
     )
 else:
     print(summary["message"])

@@ -68,10 +68,16 @@ def test_ploomber_build_writes_every_product_under_the_root(built):
     root, _ = built["ploomber"]
     base = products(root)
     for step, names in {
-        "load_transform": ["weekly_sales.parquet", "catalog.parquet", "load_transform.ipynb"],
+        "load_transform": [
+            "weekly_sales.parquet",
+            "catalog.parquet",
+            "actuals.parquet",
+            "load_transform.ipynb",
+        ],
         "identify_underperformers": ["underperformers.parquet"],
         "forecast": ["forecasts.parquet", "accuracy.parquet", "forecast.ipynb"],
         "optimize": ["plan.parquet", "kpis.json"],
+        "check_forecast": ["forecast_vs_actual.parquet", "summary.json"],
         "format_output": ["recommendations.csv", "recommendations.json", "delivery.json"],
     }.items():
         for name in names:
