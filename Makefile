@@ -30,9 +30,9 @@ $(STAMP): pyproject.toml requirements.lock
 	  > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/toolkit_privacy.pth
 	touch $(STAMP)
 
-demo: install ## Write the synthetic demo data, run the pipeline for the default market, summarise
+demo: install ## Write the synthetic demo data (through last week), plan next month for the default market
 	$(VENV)/bin/toolkit demo-data
-	$(VENV)/bin/toolkit run
+	$(VENV)/bin/toolkit run --patch period=$$($(PY) -c 'import datetime as d; t = d.date.today(); print(f"{t.year + t.month // 12}-{t.month % 12 + 1:02d}")')
 
 app: install ## Serve the app on http://127.0.0.1:8501 with a worker for its runs (demo data if none)
 	@if [ -z "$$(cd app && ../$(PY) -c 'from logic import page_data; from toolkit.data import storage; print(*page_data.markets_with_data(storage.root()))')" ]; then \

@@ -32,8 +32,14 @@ ctx = ui.session()
 if ctx.exposed_without_auth:
     ui.refuse_exposed(ctx)
 
+
+def sign_in_through_the_proxy() -> None:
+    ui.proxy_login_page(ctx)
+
+
 if ctx.needs_login:
-    st.navigation([st.Page(ui.login_page, title="Sign in", icon=":material/login:")]).run()
+    login = sign_in_through_the_proxy if ctx.identity_header else ui.login_page
+    st.navigation([st.Page(login, title="Sign in", icon=":material/login:")]).run()
     st.stop()
 
 pages = [

@@ -8,6 +8,7 @@ into widgets. Data is always shown as data (``st.dataframe``, ``st.text``, ``st.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from logic import access, browse, forms, launch, page_data
 
 from toolkit import config as config_mod
 from toolkit.data import storage
+from toolkit.runs import lease as leases
 from toolkit.runs import reports
 from toolkit.runs import store as runs
 from toolkit.runs.record import RunRecord
@@ -58,6 +60,7 @@ class Session:
     address: str | None
     settings_error: str | None = None
     operator: bool = False  # sees the technical layer: files, logs, notebooks, tracebacks
+    identity_header: str | None = None  # sign-in by a proxy that sends this header
 
     @property
     def exposed_without_auth(self) -> bool:
@@ -66,7 +69,7 @@ class Session:
 
     @property
     def needs_login(self) -> bool:
-        return self.auth_configured and self.viewer is None
+        return (self.auth_configured or bool(self.identity_header)) and self.viewer is None
 
 
 def refuse_exposed(ctx: Session) -> None:
@@ -88,7 +91,10 @@ def guard() -> Session:
     if ctx.exposed_without_auth:
         refuse_exposed(ctx)
     if ctx.needs_login:
-        login_page()
+        if ctx.identity_header:
+            proxy_login_page(ctx)
+        else:
+            login_page()
         st.stop()
     return ctx
 
@@ -103,13 +109,16 @@ def auth_configured() -> bool:
 
 def session() -> Session:
     configured = auth_configured()
-    claims = st.user.to_dict() if configured else {}
-    viewer = access.viewer_from_claims(claims, configured)
     error = None
     try:
         settings = access.load_settings()
     except config_mod.ConfigError as exc:
         settings, error = access.AppSettings(), str(exc)
+    header = None if configured else settings.identity_header
+    if header:  # a sign-in proxy on this computer names the person
+        viewer = access.viewer_from_header(st.context.headers.get(header))
+    else:
+        viewer = access.viewer_from_claims(st.user.to_dict() if configured else {}, configured)
     decision = access.can_launch(viewer, settings)
     if error and configured:
         decision = access.Decision(
@@ -117,6 +126,7 @@ def session() -> Session:
         )
     return Session(
         auth_configured=configured,
+        identity_header=header,
         viewer=viewer,
         settings=settings,
         decision=decision,
@@ -146,6 +156,17 @@ def login_page() -> None:
     st.button("Sign in", type="primary", on_click=st.login, icon=":material/login:")
 
 
+def proxy_login_page(ctx: Session) -> None:
+    st.title("Price recommendations")
+    st.error(
+        md(
+            "This app is signed in through a proxy, and this request came without the "
+            f"person's email ({ctx.identity_header}). Open the app at the proxy's address."
+        ),
+        icon=":material/login:",
+    )
+
+
 def access_authlib_available() -> bool:
     try:
         import authlib  # noqa: F401
@@ -166,13 +187,13 @@ def sidebar(ctx: Session) -> None:
             st.caption("You may launch and cancel runs.")
         else:
             st.caption("You may view runs and results.")
-        if ctx.viewer and ctx.viewer.authenticated:
+        if ctx.viewer and ctx.viewer.authenticated and ctx.auth_configured:
             st.button("Sign out", on_click=st.logout, icon=":material/logout:")
         st.divider()
         if ctx.operator:  # a server path: for operators only
             st.caption("Results are read from")
             st.text(ctx.root)
-        if not ctx.auth_configured:
+        if not (ctx.auth_configured or ctx.identity_header):
             st.info(
                 "Local mode: no sign-in is configured, so this app only listens on this "
                 "computer (127.0.0.1). People on other computers cannot open it.",
@@ -239,6 +260,31 @@ def categories(root: str, market: str) -> list[str]:
     return _catalog(root, market, "category")
 
 
+@st.cache_data(ttl=60, max_entries=16, show_spinner=False)
+def _plannable(sources_json: str, run_json: str, history: int, gap: int, fingerprint: str):
+    return page_data.plannable_months(json.loads(sources_json), json.loads(run_json), history, gap)
+
+
+def plannable_periods(root: str, identity: forms.Identity) -> list[str]:
+    """The months a run for this market can plan with the sales in the store (newest
+    first), as its config reads them; keyed by the files' content, so never stale."""
+    try:
+        section = forms.baseline(identity).section("load_transform")
+    except config_mod.ConfigError:
+        return []
+    run = {"market": identity.country, "period": identity.period, "root": root}
+    fingerprint = page_data.sales_fingerprint(section["sources"], run)
+    if not fingerprint:
+        return []
+    return _plannable(
+        json.dumps(section["sources"], sort_keys=True),
+        json.dumps(run, sort_keys=True),
+        int(section["history_weeks"]),
+        int(section["max_gap_weeks"]),
+        fingerprint,
+    )
+
+
 def market_currency(root: str, market: str) -> str:
     """The currency of a market's prices, from its catalog ("" without data)."""
     found = _catalog(root, market, "currency")
@@ -296,9 +342,16 @@ def operator_details(ctx: Session, title: str, text: str) -> None:
 
 
 def status_badge(status: str | None) -> None:
+    st.markdown(badge_markdown(status))
+
+
+def badge_markdown(status: str | None) -> str:
+    """A status badge as Markdown, to sit in a line of text (lines wrap on a phone, where
+    columns would stack)."""
     status = status or "unreadable"
     color, icon = page_data.STATUS_BADGES.get(status, ("gray", ":material/help:"))
-    st.badge(md(page_data.STATUS_TEXT.get(status, status.capitalize())), icon=icon, color=color)
+    text = md(page_data.STATUS_TEXT.get(status, status.capitalize()))
+    return f":{color}-badge[{icon} {text}]"
 
 
 def styled_status(frame: pd.DataFrame, status_column: str = "status"):
@@ -322,17 +375,26 @@ def steps_table(record: RunRecord) -> list[dict]:
     if reused:
         text += f" ({reused} reused from earlier runs)"
     st.progress(page_data.progress_fraction(rows), text=text)
-    for row in rows:
-        badge, name, took, detail = st.columns([1.7, 2.2, 0.9, 4.2], vertical_alignment="center")
-        with badge:
-            status_badge(row["status"])
-        name.text(row["Step"])
-        took.text(row["Time"])
-        detail.text(row["Detail"])
+    lines = [
+        f"{badge_markdown(row['status'])} **{md(row['Step'])}** · {md(row['Time'])} · "
+        f"{md(row['Detail'])}"
+        for row in rows
+    ]
+    st.markdown("  \n".join(lines))  # one line per step, at any width
     return rows
 
 
-def status_line(record: RunRecord, tz: str | None) -> None:
+def run_header(record: RunRecord, currency: str = "") -> None:
+    """What tells a run apart, under its title: what changed, its note and its id."""
+    changed = page_data.what_changed(record, currency)
+    st.caption(md(f"What changed: {changed} · run {record.id}"))
+    if record.note:
+        st.caption(md(f"Note: {record.note}"))
+
+
+def status_line(record: RunRecord, tz: str | None, cancelling: bool = False) -> None:
+    """The run's status badge (``Cancelling…`` once a cancel was asked for and until the
+    run is recorded cancelled), start, time so far or taken, and launcher."""
     status = record.status
     started = page_data.format_time(record.started_at or record.created_at, tz)
     elapsed = page_data.format_duration(page_data._elapsed(record))
@@ -341,12 +403,12 @@ def status_line(record: RunRecord, tz: str | None) -> None:
         parts.append(f"started {started}")
     if elapsed:
         parts.append(("running for " if status in runs.ACTIVE else "took ") + elapsed)
-    if record.launcher:
-        parts.append(f"launched by {record.launcher}")
-    badge, text = st.columns([1, 6], vertical_alignment="center")
-    with badge:
-        status_badge(status)
-    text.text(" · ".join(parts))
+    text = md(" · ".join(parts))
+    if record.launcher:  # as code: Markdown would make an e-mail address a mailto link
+        launcher = " ".join(record.launcher.replace("`", "'").split())
+        text += f" · launched by `{launcher}`"
+    shown = "cancelling" if cancelling and status in runs.ACTIVE else status
+    st.markdown(f"{badge_markdown(shown)} {text}")
 
 
 def outcome(record: RunRecord, ctx: Session) -> None:
@@ -377,26 +439,42 @@ def progress_panel(
         return
     was_active = page_data.is_active(first)
 
+    cancel_key = f"cancel.{run_id}"  # "asked": clicked; "sent": the cancel was written
+
     def body() -> None:
         record = find_run(run_id, ctx)
         if record is None:
             return
         active = page_data.is_active(record)
+        if not active:
+            st.session_state.pop(cancel_key, None)
+        cancelling = st.session_state.get(cancel_key)
         if background_note and active:
             st.caption(
                 md(f"Run {run_id} runs in the background; closing this tab does not stop it.")
             )
-        status_line(record, timezone())
+        status_line(record, timezone(), cancelling=bool(cancelling))
         steps_table(record)
         if not active:
             outcome(record, ctx)
-        if active and ctx.decision.allowed:
+        if active and ctx.decision.allowed and cancelling:
+            # Shown before the cancel is written, and until the record says cancelled.
+            st.button(
+                "Cancelling…",
+                key=f"cancelling-{key}-{run_id}",
+                icon=":material/hourglass_top:",
+                disabled=True,
+            )
+            if cancelling == "asked":
+                st.session_state[cancel_key] = "sent"
+                _cancel(run_id, ctx, cancel_key)
+        elif active and ctx.decision.allowed:
             st.button(
                 "Cancel this run",
                 key=f"cancel-{key}-{run_id}",
                 icon=":material/cancel:",
-                on_click=_cancel,
-                args=(run_id, ctx),
+                on_click=st.session_state.__setitem__,
+                args=(cancel_key, "asked"),
             )
         if show_log and ctx.operator:
             with st.expander("Log (for operators)", icon=":material/article:"):
@@ -411,17 +489,20 @@ def progress_panel(
     st.fragment(run_every=POLL_SECONDS if was_active else None)(body)()
 
 
-def _cancel(run_id: str, ctx: Session) -> None:
-    with st.spinner("Cancelling the run…"):
-        try:
-            launch.cancel(run_id, ctx.viewer, ctx.settings)
-        except access.AccessDenied as exc:
-            st.toast(md(exc), icon=":material/block:")
-            return
-        except runs.RunNotFound:
-            st.toast(md(f"Run {run_id} is no longer there."), icon=":material/link_off:")
-            return
-    st.toast("Cancelled: the run stops now.", icon=":material/cancel:")
+def _cancel(run_id: str, ctx: Session, cancel_key: str) -> None:
+    """Write the cancel; the panel shows "Cancelling…" until the record says cancelled
+    (its next refresh). A refused cancel says why and offers the button again."""
+    try:
+        launch.cancel(run_id, ctx.viewer, ctx.settings)
+    except access.AccessDenied as exc:
+        st.session_state.pop(cancel_key, None)
+        st.toast(md(exc), icon=":material/block:")
+    except runs.RunNotFound:
+        st.session_state.pop(cancel_key, None)
+        st.toast(md(f"Run {run_id} is no longer there."), icon=":material/link_off:")
+    except (leases.LeaseError, storage.StorageError) as exc:  # try again next click
+        st.session_state.pop(cancel_key, None)
+        st.toast(md(f"Could not cancel run {run_id} just now: {exc}"), icon=":material/error:")
 
 
 # ---------------------------------------------------------------------------

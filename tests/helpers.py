@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -22,6 +24,31 @@ def toolkit_env(root, **extra) -> dict[str, str]:
     if "DASK_SCHEDULER_ADDRESS" not in extra:
         env.pop("DASK_SCHEDULER_ADDRESS", None)
     return env
+
+
+def wait_for(predicate, timeout=300, every=0.5):
+    """``predicate()``'s first true value, asked every ``every`` s for ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"condition not met in {timeout} s")
+
+
+def project_copy(target: Path, optimize_tail: str = "") -> Path:
+    """A copy of the project's code, configs and pipeline in ``target`` (for a test that
+    changes a notebook), with ``optimize_tail`` appended to the optimize notebook."""
+    for name in ("toolkit", "notebooks", "configs"):
+        shutil.copytree(
+            PROJECT_DIR / name, target / name, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    for name in ("pipeline.yaml", "env.yaml"):
+        shutil.copy(PROJECT_DIR / name, target / name)
+    notebook = target / "notebooks" / "optimize.py"
+    notebook.write_text(notebook.read_text() + optimize_tail)
+    return target
 
 
 def run(args, env, cwd=PROJECT_DIR, check=True, timeout=900) -> subprocess.CompletedProcess:

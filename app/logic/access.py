@@ -33,6 +33,7 @@ __all__ = [
     "require_launch",
     "settings_path",
     "viewer_from_claims",
+    "viewer_from_header",
 ]
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -60,6 +61,14 @@ class AppSettings(BaseModel):
         description="Emails of the people who see runs' technical details (files, logs, "
         "notebooks, tracebacks) when sign-in is configured; without sign-in the person "
         "at this computer does.",
+    )
+    identity_header: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="Sign-in by a proxy on this computer: the name of the HTTP header in "
+        "which an authenticating proxy in front of the app (e.g. oauth2-proxy's "
+        "X-Forwarded-Email) sends the signed-in person's email. The app still listens on "
+        "127.0.0.1 only, so nobody can reach it without the proxy and forge the header.",
     )
     allowed_hosts: list[str] = Field(
         default_factory=lambda: ["127.0.0.1", "localhost"],
@@ -165,6 +174,14 @@ def viewer_from_claims(claims: Mapping[str, Any], auth_configured: bool) -> View
         authenticated=True,
         email_verified=None if verified is None else bool(verified),
     )
+
+
+def viewer_from_header(value: str | None) -> Viewer | None:
+    """The viewer a sign-in proxy names in its header (an email); None without one."""
+    email = str(value or "").strip()
+    if not _EMAIL.match(email):
+        return None
+    return Viewer(name=email, email=email, authenticated=True)
 
 
 @dataclass(frozen=True)

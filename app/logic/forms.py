@@ -37,6 +37,7 @@ __all__ = [
     "check",
     "describe_origin",
     "differences",
+    "differences_of",
     "display_value",
     "field_spec",
     "form_fields",
@@ -46,6 +47,7 @@ __all__ = [
     "identity_patches",
     "market_options",
     "patches_from",
+    "record_leaves",
     "period_options",
     "to_widget",
     "values_of",
@@ -752,10 +754,30 @@ def setting_label(key: str) -> str:
 
 def differences(resolved: config_mod.ResolvedConfig, currency: str = "") -> list[dict[str, str]]:
     """Settings that differ from the defaults or come from an overlay, with their layer."""
+    return differences_of(resolved.leaves(), currency)
+
+
+def record_leaves(
+    config: Mapping[str, Any], origins: Mapping[str, str]
+) -> list[tuple[str, Any, str]]:
+    """(key, value, origin) of a run record's config, as ``ResolvedConfig.leaves`` gives."""
+    out = []
+    for key, origin in origins.items():
+        try:
+            out.append((key, _lookup(config, key), origin))
+        except (KeyError, TypeError):
+            continue
+    return out
+
+
+def differences_of(
+    leaves: Iterable[tuple[str, Any, str]], currency: str = ""
+) -> list[dict[str, str]]:
+    """``differences`` of any (key, value, origin) leaves: a resolved config's or a run's."""
     defaults = values_of(config_mod.ToolkitConfig().model_dump(mode="json"))
     rows = []
     specs = {spec.key: spec for spec in form_fields()}
-    for key, value, origin in resolved.leaves():
+    for key, value, origin in leaves:
         spec = specs.get(key)
         if spec is None:
             continue
@@ -769,9 +791,15 @@ def differences(resolved: config_mod.ResolvedConfig, currency: str = "") -> list
                 "Default": display_setting(key, defaults.get(key), currency),
                 "Set by": describe_origin(origin, FORM_CHANGE),
                 "Key": key,
+                "Short": short_label(spec),
             }
         )
     return rows
+
+
+def short_label(spec: FieldSpec) -> str:
+    """A setting's name where space is short: ``Max discount``, ``Revenue weight``."""
+    return f"{spec.label} weight" if spec.group == "weights" else spec.label
 
 
 # ---------------------------------------------------------------------------
@@ -789,11 +817,16 @@ def period_options(
     months: int = 12,
     project_dir: Path | str | None = None,
     extra: Iterable[str] = (),
+    plannable: Sequence[str] = (),
 ) -> list[str]:
-    """Recent months (newest first), plus months with their own overlay and ``extra``."""
+    """The months to offer, newest first: those the market's sales can plan (at most
+    ``2 * months``), or without them recent months and months with their own overlay;
+    plus ``extra``."""
+    out = set(extra)
+    if plannable:
+        return sorted(out | set(sorted(plannable, reverse=True)[: 2 * months]), reverse=True)
     project_dir = project.resolve(project_dir)
     today = today or dt.date.today()
-    out = set(extra)
     year, month = today.year, today.month
     for _ in range(months):
         out.add(f"{year:04d}-{month:02d}")

@@ -22,6 +22,7 @@ from logic import access, forms
 from toolkit import config as config_mod
 from toolkit import project
 from toolkit.data import storage
+from toolkit.runs import record as record_mod
 from toolkit.runs.record import RunRecord
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "build_argv",
     "cancel",
     "launch",
+    "labels",
     "launch_log",
     "log_path",
 ]
@@ -112,13 +114,32 @@ def build_argv(run_id: str, patches: Sequence[str], python: str | None = None) -
     return argv
 
 
+def labels(name: str | None, note: str | None) -> tuple[dict[str, str | None], list]:
+    """The run's name and note as stored, and the problems that keep them from it."""
+    out: dict[str, str | None] = {}
+    problems = []
+    for key, label, check, text in (
+        ("name", "Run name", record_mod.check_name, name),
+        ("note", "Note", record_mod.check_note, note),
+    ):
+        try:
+            out[key] = check(text)
+        except record_mod.LabelError as exc:
+            problems.append(forms.FieldProblem(key, str(exc), label, "labels"))
+    return out, problems
+
+
 def launch(
     identity: forms.Identity,
     values: Mapping[str, Any],
     viewer: access.Viewer | None,
     settings: access.AppSettings | None = None,
+    *,
+    name: str | None = None,
+    note: str | None = None,
 ) -> Launched:
-    """Check the run and queue it for a worker; return at once.
+    """Check the run and queue it for a worker; return at once. ``name`` and ``note``
+    (optional) tell the run apart in lists.
 
     Raises:
         AccessDenied: ``viewer`` may not launch.
@@ -127,8 +148,9 @@ def launch(
     access.require_launch(viewer, settings or access.load_settings())
     assert viewer is not None
     checked = forms.check(identity, values)
-    if not checked.ok:
-        raise LaunchRefused(checked.problems)
+    named, problems = labels(name, note)
+    if problems or not checked.ok:
+        raise LaunchRefused(checked.problems + problems)
     root = storage.root()
     if not storage.listdir(storage.join(root, "raw", f"market={identity.country}")):
         raise LaunchRefused(
@@ -146,7 +168,11 @@ def launch(
     from toolkit.runs import queue  # imports the run loop (seconds): only when launching
 
     record = queue.submit(
-        checked.resolved, patches=patches, launcher=viewer.launcher, launched_from="app"
+        checked.resolved,
+        patches=patches,
+        launcher=viewer.launcher,
+        launched_from="app",
+        **named,
     )
     return Launched(run_id=record.id, record=record, position=queue.positions(root).get(record.id))
 

@@ -37,7 +37,9 @@ __all__ = [
     "kpi_cards",
     "notebooks",
     "output_files",
+    "default_period",
     "pipeline_steps",
+    "plannable_months",
     "queue_positions",
     "read_json",
     "read_table",
@@ -69,6 +71,7 @@ STATUS_TEXT = {
     "reused": "Reused from cache",
     "failed": "Failed",
     "cancelled": "Cancelled",
+    "cancelling": "Cancelling…",
     "interrupted": "Interrupted",
     "pending": "Waiting",
     "skipped": "Not run",
@@ -82,6 +85,7 @@ STATUS_BADGES = {
     "reused": ("violet", ":material/recycling:"),
     "failed": ("red", ":material/error:"),
     "cancelled": ("orange", ":material/cancel:"),
+    "cancelling": ("orange", ":material/hourglass_top:"),
     "interrupted": ("orange", ":material/warning:"),
     "pending": ("gray", ":material/radio_button_unchecked:"),
     "skipped": ("gray", ":material/remove:"),
@@ -180,14 +184,19 @@ def run_label(record: RunRecord, tz: str | None = None) -> str:
     """One line naming a run, for pickers: identity, status, start and id."""
     category = record.category or "all"
     when = format_time(record.started_at or record.created_at, tz)
+    named = f"{record.name} · " if record.name else ""
     return (
-        f"{record.market or '?'} {record.period or '?'} · {category} · "
+        f"{record.market or '?'} {record.period or '?'} · {category} · {named}"
         f"{status_text(record.status)} · {when} · {record.id}"
     )
 
 
-def run_rows(records: Iterable[RunRecord], tz: str | None = None) -> list[dict]:
-    """The Runs table: one row per run, newest first."""
+def run_rows(
+    records: Iterable[RunRecord],
+    tz: str | None = None,
+    currencies: Mapping[str, str] | None = None,
+) -> list[dict]:
+    """The Runs table: one row per run, newest first (``currencies``: per market)."""
     rows = []
     for record in records:
         row = runs.summary_row(record)
@@ -199,7 +208,8 @@ def run_rows(records: Iterable[RunRecord], tz: str | None = None) -> list[dict]:
                 "Market": row.get("market") or "",
                 "Period": row.get("period") or "",
                 "Category": row.get("category") or "all",
-                "What changed": what_changed(record),
+                "Name": record.name or "",
+                "What changed": what_changed(record, (currencies or {}).get(record.market, "")),
                 "Run": row.get("id") or "",
                 "Started": format_time(row.get("started_at") or record.created_at, tz),
                 "Duration": format_duration(_elapsed(record)),
@@ -362,6 +372,48 @@ def raw_catalog_values(root: str, market: str, column: str) -> list[str]:
     except (FileNotFoundError, OSError, KeyError, ValueError):
         return []
     return sorted({str(c) for c in table.column(column).to_pylist() if c})
+
+
+def sales_fingerprint(sources: Mapping[str, Any], run: Mapping[str, Any]) -> str:
+    """What a market's raw files hold, by their content keys ("" when they cannot be
+    found): a cache of what is read from them is never stale."""
+    from toolkit.data import sources as sources_mod
+    from toolkit.runs import cache
+
+    try:
+        return "|".join(
+            f"{url}={cache.file_fingerprint(url)}" for url in sources_mod.input_urls(sources, run)
+        )
+    except (OSError, KeyError, ValueError):
+        return ""
+
+
+def plannable_months(
+    sources: Mapping[str, Any], run: Mapping[str, Any], history_weeks: int, max_gap_weeks: int
+) -> list[str]:
+    """The months a run can plan with the market's sales as a run reads them (newest
+    first; ``periods.plannable`` decides), or none without readable sales."""
+    from toolkit.data import io
+    from toolkit.data import sources as sources_mod
+    from toolkit.pricing import periods
+
+    try:
+        sales = sources_mod.read("sales", sources, run)
+    except (sources_mod.SourceError, io.ContractError, io.UnreadableTable, OSError, KeyError):
+        return []
+    if sales.empty:
+        return []
+    days = sales["date"]
+    return periods.plannable(days.min(), days.max(), history_weeks, max_gap_weeks)
+
+
+def default_period(months: Sequence[str], today: dt.date | None = None) -> str | None:
+    """Next month when it can be planned, else the newest month that can; None without."""
+    today = today or dt.date.today()
+    following = f"{today.year + today.month // 12:04d}-{today.month % 12 + 1:02d}"
+    if following in months:
+        return following
+    return max(months) if months else None
 
 
 def markets_with_data(root: str) -> list[str]:
@@ -715,37 +767,40 @@ def output_files(record: RunRecord, root: str) -> list[dict[str, str]]:
 # ---------------------------------------------------------------------------
 
 
-def changed_settings(record: RunRecord) -> list[tuple[str, str]]:
-    """(setting, value as shown) of each form setting the launch changed (``--patch``)."""
-    out = []
-    for spec in forms.form_fields():
-        origin = record.origins.get(spec.key, "")
-        if not origin.startswith("--patch "):
-            continue
-        label = f"{spec.label} weight" if spec.group == "weights" else spec.label
-        out.append((label, forms.display_setting(spec.key, _lookup(record.config, spec.key))))
-    return out
+def changed_settings(record: RunRecord, currency: str = "") -> list[tuple[str, str]]:
+    """(setting, value as shown) of each setting of a run that differs from the defaults
+    (the rows of the form's "Settings that differ from the defaults"): those changed at
+    launch first, since they tell runs of one market and month apart."""
+    rows = forms.differences_of(forms.record_leaves(record.config, record.origins), currency)
+    rows.sort(key=lambda row: row["Set by"] != forms.FORM_CHANGE)  # stable: model order
+    return [(row["Short"], row["Value"]) for row in rows]
 
 
-def what_changed(record: RunRecord, limit: int = 3) -> str:
-    """The settings a run's launch changed, short: ``Max discount 20%, Revenue weight 0.7``."""
-    changes = changed_settings(record)
+def what_changed(record: RunRecord, currency: str = "", limit: int = 3) -> str:
+    """The settings of a run that differ from the defaults, short:
+    ``Max discount 20%, Markdown budget 40,000 EUR +2 more``."""
+    changes = changed_settings(record, currency)
     if not changes:
-        return "no changes"
+        return "defaults"
     text = ", ".join(f"{label} {value}" for label, value in changes[:limit])
     return text + (f" +{len(changes) - limit} more" if len(changes) > limit else "")
 
 
-def short_name(record: RunRecord) -> str:
-    """A run's name where runs sit side by side: identity and what changed."""
-    return f"{record.market} {record.period} · {what_changed(record, 2)}"
+def short_name(record: RunRecord, currency: str = "") -> str:
+    """A run's name where runs sit side by side: identity, then its own name or what
+    changed."""
+    return f"{record.market} {record.period} · {record.name or what_changed(record, currency, 2)}"
 
 
-def run_names(records: Sequence[RunRecord], tz: str | None = None) -> list[str]:
+def run_names(
+    records: Sequence[RunRecord], tz: str | None = None, currencies: Sequence[str] = ()
+) -> list[str]:
     """``short_name`` of each run, told apart by start time (then id) where they are alike."""
-    names = [short_name(r) for r in records]
+    currencies = list(currencies) or [""] * len(records)
+    first = [short_name(r, c) for r, c in zip(records, currencies, strict=True)]
+    names = list(first)
     for i, record in enumerate(records):
-        if names.count(short_name(record)) > 1:
+        if first.count(first[i]) > 1:
             names[i] = f"{names[i]} · {format_time(record.started_at or record.created_at, tz)}"
     for i, record in enumerate(records):
         if names.count(names[i]) > 1:

@@ -65,7 +65,7 @@ for record in loaded:
         kpis.append(None)
     catalog = ui.optional_table(ctx.root, record, "load_transform", "catalog", "Catalog")
     currencies.append(page_data.currency_of(catalog))
-names = page_data.run_names(loaded, tz)
+names = page_data.run_names(loaded, tz, currencies)
 same_money = len(set(currencies)) == 1 and currencies[0] != ""
 if not same_money:
     shown = ", ".join(

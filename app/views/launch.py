@@ -10,6 +10,7 @@ import ui
 from logic import access, forms, launch, page_data
 
 from toolkit import config as config_mod
+from toolkit.runs import record as record_mod
 
 ALL = "(all categories)"
 IDENTITY_KEYS = ("launch.country", "launch.period", "launch.category")
@@ -57,8 +58,9 @@ elif "launch.country" not in st.session_state and SAVED in st.session_state:
     _seed(saved["identity"], saved["values"])
 elif "launch.country" not in st.session_state:
     default = forms.default_identity()
+    planned = page_data.default_period(ui.plannable_periods(ctx.root, default))
     st.session_state["launch.country"] = default.country
-    st.session_state["launch.period"] = default.period
+    st.session_state["launch.period"] = planned or default.period  # next month, data allowing
     st.session_state["launch.category"] = default.category or ALL
     _load_baseline()
 
@@ -109,7 +111,10 @@ with st.container(border=True):
     with_data = set(page_data.markets_with_data(ctx.root))
     markets = forms.market_options()
     current_period = st.session_state.get("launch.period")
-    periods = forms.period_options(extra=[current_period] if current_period else [])
+    plannable = ui.plannable_periods(ctx.root, _identity_from_state())
+    periods = forms.period_options(
+        extra=[current_period] if current_period else [], plannable=plannable
+    )
     col_market, col_period, col_category = st.columns(3)
     col_market.selectbox(
         "Market",
@@ -124,7 +129,9 @@ with st.container(border=True):
         periods,
         key="launch.period",
         on_change=_load_baseline,
-        help="The month the recommendations are for; sales history ends with this month.",
+        help="The month whose prices the run sets. Its sales history ends in the last "
+        "complete week before it; the months offered are those the sales data in the store "
+        "can plan.",
     )
     country = st.session_state["launch.country"]
     categories = [ALL] + forms.category_options(ui.categories(ctx.root, country))
@@ -139,6 +146,14 @@ with st.container(border=True):
     )
     identity = _identity_from_state()
     currency = ui.market_currency(ctx.root, identity.country)
+    if plannable and identity.period not in plannable:
+        st.warning(
+            ui.md(
+                f"The sales data for market {identity.country} cannot plan {identity.period}: "
+                f"it can plan {plannable[-1]} to {plannable[0]}. Pick one of those months."
+            ),
+            icon=":material/event_busy:",
+        )
     if identity.country not in with_data:
         st.warning(
             ui.md(
@@ -177,7 +192,7 @@ for group, column in zip(
         for spec in group.fields:
             values[spec.key] = ui.field_widget(spec, slots, currency)
         placeholders[group.name] = st.empty()
-launch_box = col_left.container(border=True)
+launch_box = st.container(border=True)  # under both columns: last on a phone too
 
 with st.expander("Advanced settings", icon=":material/tune:"):
     st.caption(
@@ -223,12 +238,30 @@ with launch_box:
             icon=":material/block:",
         )
         st.markdown("\n".join(f"- {ui.md(p)}" for p in checked.problems))
+    run_name = st.text_input(
+        "Run name (optional)",
+        max_chars=record_mod.NAME_MAX,
+        placeholder="e.g. Deeper cuts for Black Friday",
+        help="Shown in the runs list, the run's header and Compare, to tell runs apart.",
+        key="launch.name",
+    )
+    run_note = st.text_area(
+        "Note (optional)",
+        max_chars=record_mod.NOTE_MAX,
+        placeholder="Why this run: what you want to find out.",
+        height=68,
+        key="launch.note",
+    )
+    _, label_problems = launch.labels(run_name, run_note)
+    for problem in label_problems:
+        st.error(ui.md(str(problem)), icon=":material/error:")
+    ready = checked.ok and not label_problems
     clicked = st.button(
         "Launch run",
         type="primary",
         icon=":material/rocket_launch:",
-        disabled=not (checked.ok and ctx.decision.allowed),
-        help=None if checked.ok else "Fix the settings listed above first.",
+        disabled=not (ready and ctx.decision.allowed),
+        help=None if ready else "Fix the settings listed above first.",
         width="stretch",
         key="launch.go",
     )
@@ -236,13 +269,17 @@ with launch_box:
     st.caption(ui.md(f"Recorded as launched by {who}."))
     if clicked:
         try:
-            launched = launch.launch(identity, values, ctx.viewer, ctx.settings)
+            launched = launch.launch(
+                identity, values, ctx.viewer, ctx.settings, name=run_name, note=run_note
+            )
         except launch.LaunchRefused as exc:
             ui.show_problems(exc.problems)
         except access.AccessDenied as exc:
             st.error(ui.md(exc), icon=":material/block:")
         else:
             st.session_state["launch.last"] = launched.run_id
+            for key in ("launch.name", "launch.note"):  # the next run gets its own
+                st.session_state.pop(key, None)
             st.session_state[SAVED] = {"identity": identity, "values": values}
             st.rerun()
 
@@ -254,7 +291,9 @@ elif rows:
         "Each value and where it comes from: the market's or month's own settings, or your "
         "changes in this form."
     )
-    st.dataframe(pd.DataFrame(rows).drop(columns="Key"), hide_index=True, width="stretch")
+    st.dataframe(
+        pd.DataFrame(rows).drop(columns=["Key", "Short"]), hide_index=True, width="stretch"
+    )
 else:
     st.caption("Every setting is at its default.")
 

@@ -45,13 +45,14 @@ if record is None:
 
 status = record.status
 category = record.category or "all categories"
+title = f"{record.market} {record.period} · {category}"
 st.subheader(
-    ui.md(f"{record.market} {record.period} · {category}"),
+    ui.md(f"{record.name} ({title})" if record.name else title),
     divider="gray",
     anchor=False,
 )
 ui.status_line(record, tz)
-st.caption(ui.md(f"What changed: {page_data.what_changed(record)} · run {record.id}"))
+ui.run_header(record, ui.market_currency(ctx.root, record.market))
 
 if status in runs.ACTIVE:
     st.info(

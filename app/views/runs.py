@@ -18,84 +18,108 @@ st.caption(
     "progress, cancel it, open its results or launch it again with the same settings."
 )
 
+
+def currencies_of(records) -> dict[str, str]:
+    return {m: ui.market_currency(ctx.root, m) for m in {r.market for r in records if r.market}}
+
+
 records = runs.list_runs()  # never cached: other people and replicas start runs too
-rows = page_data.run_rows(records, tz)
-if not rows:
+currencies = currencies_of(records)
+if not records:
     st.info("No runs yet. Start one on the Launch page.", icon=":material/info:")
     st.page_link(ui.PAGES["launch"], label="Launch a run", icon=":material/rocket_launch:")
     st.stop()
 
-# --- Filters ---------------------------------------------------------------------------
-with st.container(border=True):
-    cols = st.columns([1, 1, 1, 1, 2])
-    statuses = cols[0].multiselect(
-        "Status",
-        sorted({r["status"] for r in rows}),
-        format_func=page_data.status_text,
-        key="runs.status",
-    )
-    markets = cols[1].multiselect(
-        "Market", sorted({r["Market"] for r in rows if r["Market"]}), key="runs.market"
-    )
-    periods = cols[2].multiselect(
-        "Month", sorted({r["Period"] for r in rows if r["Period"]}, reverse=True), key="runs.period"
-    )
-    launchers = cols[3].multiselect(
-        "Launched by",
-        sorted({r["Launched by"] for r in rows if r["Launched by"]}),
-        key="runs.launcher",
-    )
-    text = cols[4].text_input("Search", placeholder="run id, category, ...", key="runs.search")
-shown = page_data.filter_rows(rows, statuses, markets, periods, launchers, text)
-active = sum(1 for r in rows if r["status"] in runs.ACTIVE)
-st.caption(f"{len(shown)} of {len(rows)} runs shown · {active} queued or running")
 
-frame = pd.DataFrame(shown, columns=list(rows[0]))
-event = st.dataframe(
-    ui.styled_status(frame),
-    hide_index=True,
-    column_order=[c for c in frame.columns if c != "status"],
-    width="stretch",
-    on_select="rerun",
-    selection_mode="single-row",
-    key="runs.table",
-    column_config={
-        "Steps reused": st.column_config.NumberColumn(
-            "Reused", help="Steps whose results came from the cache of an earlier run."
-        ),
-        "Run": st.column_config.TextColumn("Run id", width="large"),
-        "What changed": st.column_config.TextColumn(
-            "What changed",
-            width="medium",
-            help="Settings changed at launch, against the market's and month's own.",
-        ),
-    },
-)
+# --- The list: filters and table, refreshed while runs are going (durations tick) ------
+@st.fragment(run_every=ui.POLL_SECONDS if any(map(page_data.is_active, records)) else None)
+def run_list() -> None:
+    refresh = st.session_state.get("runs.drawn")  # this list alone, not the whole page
+    listed = runs.list_runs() if refresh else records  # runs start and end meanwhile
+    rows = page_data.run_rows(listed, tz, {**currencies, **currencies_of(listed)})
+    with st.container(border=True):
+        cols = st.columns([1, 1, 1, 1, 2])
+        statuses = cols[0].multiselect(
+            "Status",
+            sorted({r["status"] for r in rows}),
+            format_func=page_data.status_text,
+            key="runs.status",
+        )
+        markets = cols[1].multiselect(
+            "Market", sorted({r["Market"] for r in rows if r["Market"]}), key="runs.market"
+        )
+        periods = cols[2].multiselect(
+            "Month",
+            sorted({r["Period"] for r in rows if r["Period"]}, reverse=True),
+            key="runs.period",
+        )
+        launchers = cols[3].multiselect(
+            "Launched by",
+            sorted({r["Launched by"] for r in rows if r["Launched by"]}),
+            key="runs.launcher",
+        )
+        text = cols[4].text_input(
+            "Search", placeholder="name, run id, category, ...", key="runs.search"
+        )
+    shown = page_data.filter_rows(rows, statuses, markets, periods, launchers, text)
+    active = sum(1 for r in rows if r["status"] in runs.ACTIVE)
+    st.caption(f"{len(shown)} of {len(rows)} runs shown · {active} queued or running")
+
+    frame = pd.DataFrame(shown, columns=list(rows[0]))
+    event = st.dataframe(
+        ui.styled_status(frame),
+        hide_index=True,
+        column_order=[c for c in frame.columns if c != "status"],
+        width="stretch",
+        on_select="rerun",
+        selection_mode="single-row",
+        key="runs.table",
+        column_config={
+            "Steps reused": st.column_config.NumberColumn(
+                "Reused", help="Steps whose results came from the cache of an earlier run."
+            ),
+            "Run": st.column_config.TextColumn("Run id", width="large"),
+            "Name": st.column_config.TextColumn(
+                "Name", help="The name given at launch, if any (its note is shown below)."
+            ),
+            "What changed": st.column_config.TextColumn(
+                "What changed",
+                width="medium",
+                help="Settings that differ from the defaults, those changed at launch first.",
+            ),
+        },
+    )
+    candidates = [r for r in shown if r["status"] in runs.ACTIVE] or shown or rows
+    st.session_state["runs.default"] = candidates[0]["Run"]
+    # A selection is a row index: apply it only when it changes, since newer runs shift rows.
+    selected = list(event.selection.rows) if event is not None else []
+    if selected != st.session_state.get("runs.applied_selection"):
+        st.session_state["runs.applied_selection"] = selected
+        if selected and selected[0] < len(shown):
+            st.query_params["run"] = shown[selected[0]]["Run"]
+            if refresh:
+                st.rerun()  # show the chosen run below (a click reruns only this list)
+
+
+st.session_state["runs.drawn"] = False
+run_list()
+st.session_state["runs.drawn"] = True
 
 # --- The selected run --------------------------------------------------------------------
-# A selection is a row index: apply it only when it changes, since newer runs shift rows.
-selected_rows = list(event.selection.rows) if event is not None else []
-if selected_rows != st.session_state.get("runs.applied_selection"):
-    st.session_state["runs.applied_selection"] = selected_rows
-    if selected_rows and selected_rows[0] < len(shown):
-        st.query_params["run"] = shown[selected_rows[0]]["Run"]
-run_id = st.query_params.get("run")
-if run_id is None:
-    candidates = [r for r in shown if r["status"] in runs.ACTIVE] or shown or rows
-    run_id = candidates[0]["Run"]
-
+run_id = st.query_params.get("run") or st.session_state["runs.default"]
 record = ui.find_run(run_id, ctx)  # a link to a missing run says so, never shows another
 if record is None:
     st.stop()
 
 with st.container(border=True):
     category = record.category or "all categories"
+    title = f"{record.market} {record.period} · {category}"
     st.subheader(
-        ui.md(f"{record.market} {record.period} · {category}"),
+        ui.md(f"{record.name} ({title})" if record.name else title),
         divider="gray",
         anchor=False,
     )
-    st.caption(ui.md(f"What changed: {page_data.what_changed(record)} · run {run_id}"))
+    ui.run_header(record, currencies.get(record.market, ""))
     ui.progress_panel(run_id, ctx, key="runs")
     cols = st.columns(3)
     cols[0].page_link(

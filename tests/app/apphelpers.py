@@ -171,6 +171,7 @@ def make_run(
     currency: str = "USD",
     error: str | None = None,
     traceback: str | None = None,
+    run_name: str | None = None,
 ) -> RunRecord:
     """Write a run record and outputs that satisfy their contracts, as a real run would.
 
@@ -273,6 +274,7 @@ def make_run(
             "period": "2026-11",
             "category": None,
             "launcher": launcher,
+            "name": run_name,
             "created_at": (now - dt.timedelta(minutes=5)).isoformat(),
             "started_at": (now - dt.timedelta(minutes=5)).isoformat(),
             "finished_at": (now - dt.timedelta(minutes=4)).isoformat(),
@@ -353,6 +355,8 @@ def serve_app(
             "127.0.0.1",
             "--server.headless",
             "true",
+            "--server.fileWatcherType",  # an edit of the app during a test changes nothing
+            "none",
         ],
         cwd=PROJECT_DIR,
         env=env,

@@ -96,3 +96,14 @@ def test_allowed_hosts_default_to_loopback_and_are_checked(tmp_path):
         path.write_text(f"allowed_hosts: [{bad!r}]\n" if bad != "[]" else "allowed_hosts: []\n")
         with pytest.raises(config_mod.ConfigError, match="allowed_hosts"):
             access.load_settings(path)
+
+
+def test_a_sign_in_proxy_names_the_viewer_by_email_and_nothing_else():
+    viewer = access.viewer_from_header(" Ann@Example.com ")
+    assert viewer is not None and viewer.authenticated and viewer.email == "Ann@Example.com"
+    settings = access.AppSettings(operators=["ops@example.com"], launchers=["ann@example.com"])
+    assert access.can_launch(viewer, settings).allowed and not access.is_operator(viewer, settings)
+    for missing in (None, "", "not an email", "a@b"):
+        assert access.viewer_from_header(missing) is None
+    with pytest.raises(ValueError):
+        access.AppSettings(identity_header="X-Email: evil")

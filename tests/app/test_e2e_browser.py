@@ -71,9 +71,9 @@ def browser():
             chromium.close()
 
 
-def open_page(browser, width: int = 1400):
+def open_page(browser, width: int = 1400, headers: dict | None = None):
     # Tall: Streamlit scrolls inside the page, so a screenshot shows only the viewport.
-    page = browser.new_page(viewport={"width": width, "height": 2400})
+    page = browser.new_page(viewport={"width": width, "height": 2400}, extra_http_headers=headers)
     page.set_default_timeout(90_000)
     outside = []  # every request to a host other than the app's
     page.on(
@@ -128,14 +128,21 @@ def test_launch_follow_and_read_results_in_a_browser(server_with_worker, browser
         assert record.status in runs.ACTIVE
         assert record.config["optimize"]["constraints"]["max_discount"] == 0.2  # as typed
 
-        # Follow it on the Runs page while it runs in the background.
-        page.get_by_role("link", name="Follow it on the Runs page").click()
-        expect(page.get_by_role("heading", name="Runs")).to_be_visible()
-        expect(page.get_by_text(re.compile(r"\d of 6 steps done")).first).to_be_visible()
+        # The panel follows it: its time ticks while it runs, and it says how it ended.
+        running = page.get_by_text(re.compile(r"running for \d+ s")).first
+        expect(running).to_be_visible()
+        expect(running).not_to_have_text(running.inner_text())  # a later time, no reload
         record = wait_for_status(
             run_id, ("succeeded", "failed", "cancelled", "interrupted"), root=root
         )
         assert record.status == "succeeded", record.error
+        expect(page.get_by_text(re.compile(r"took \d+"))).to_be_visible()
+        expect(page.get_by_text("runs in the background")).to_have_count(0)
+        expect(page.get_by_role("button", name="Cancel this run")).to_have_count(0)
+
+        page.get_by_role("link", name="Follow it on the Runs page").click()
+        expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+        expect(page.get_by_text("6 of 6 steps done").first).to_be_visible()
 
         # Pictures first: KPI cards against their limits and charts, then the table.
         page.goto(f"{url}/run_detail?run={run_id}")
@@ -156,6 +163,28 @@ def test_launch_follow_and_read_results_in_a_browser(server_with_worker, browser
     except Exception:
         page.screenshot(path=str(ARTIFACTS / "app-e2e-failure.png"), full_page=True)
         raise
+
+
+def test_a_cancel_reads_cancelling_until_the_run_is_recorded_cancelled(server, browser):
+    """No worker here: the launched run waits in the queue until it is cancelled."""
+    from playwright.sync_api import expect
+
+    url, root = server
+    page, outside = open_page(browser)
+    page.goto(url)
+    name = page.get_by_role("textbox", name="Run name (optional)")
+    name.fill("To be cancelled")
+    name.press("Enter")  # a text box hands its value over on Enter or when it loses focus
+    expect(page.get_by_text("Press Enter to apply")).to_have_count(0)
+    page.get_by_role("button", name="Launch run").click()
+    expect(page.get_by_text("Your latest run")).to_be_visible()
+    page.get_by_role("button", name="Cancel this run").click()
+    expect(page.get_by_role("button", name="Cancelling…")).to_be_disabled()
+    expect(page.get_by_text(re.compile("This run was cancelled by"))).to_be_visible()
+    expect(page.get_by_role("button", name="Cancelling…")).to_have_count(0)
+    [record] = runs.list_runs(root)
+    assert (record.status, record.name) == ("cancelled", "To be cancelled")
+    assert outside == [], outside
 
 
 def test_an_out_of_range_value_cannot_launch(server, browser):
@@ -247,4 +276,44 @@ def test_every_page_at_desktop_and_phone_width(server, browser):
                 "data-collapsed", "true"
             )
         assert outside == [], outside
+        page.close()
+
+
+TRACEBACK = 'Traceback (most recent call last):\n  File "/srv/secret/toolkit/x.py", line 1'
+
+
+def test_the_operator_view_is_hidden_from_a_signed_in_non_operator(tmp_path, browser):
+    """Signed in through a proxy (configs/app.yaml identity_header): a listed operator sees
+    the technical layer of a failed run, anyone else its explanation only."""
+    from playwright.sync_api import expect
+
+    root = str(tmp_path / "store")
+    make_run(root, "us-f", failed_step="forecast", error="ValueError: x", traceback=TRACEBACK)
+    settings = (
+        "launchers: [ops@example.com]\noperators: [ops@example.com]\n"
+        "identity_header: X-Forwarded-Email\n"
+    )
+    with serve_app(tmp_path, root, app_yaml=settings) as url:
+        for email, operator in (("viewer@example.com", False), ("ops@example.com", True)):
+            page, outside = open_page(browser, headers={"X-Forwarded-Email": email})
+            page.goto(f"{url}/run_detail?run=us-f")
+            expect(page.get_by_role("heading", name="Run results")).to_be_visible()
+            expect(page.get_by_text("Step Forecast failed: ValueError: x")).to_be_visible()
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            expect(sidebar.get_by_text(email)).to_be_visible()
+            expect(sidebar.get_by_text("Local mode")).to_have_count(0)
+            count = 1 if operator else 0
+            expect(page.get_by_role("tab", name=re.compile("Files"))).to_have_count(count)
+            expect(page.get_by_role("tab", name=re.compile("notebooks"))).to_have_count(count)
+            expect(page.get_by_text(re.compile(r"\(for operators\)"))).to_have_count(count)
+            expect(sidebar.get_by_text("Results are read from")).to_have_count(count)
+            if not operator:
+                expect(page.get_by_text("/srv/secret")).to_have_count(0)
+                expect(page.get_by_text(root)).to_have_count(0)
+            assert outside == [], outside
+            page.close()
+        page, _ = open_page(browser)  # no header: not through the proxy
+        page.goto(url)
+        expect(page.get_by_text(re.compile("signed in through a proxy"))).to_be_visible()
+        expect(page.get_by_role("heading", name="Launch a run")).to_have_count(0)
         page.close()

@@ -264,3 +264,9 @@ def test_percent_fields_round_trip_between_form_and_config():
     assert forms.display_setting("optimize.constraints.markdown_budget", 40000, "EUR") == (
         "40,000 EUR"
     )
+
+
+def test_period_options_are_the_months_the_data_can_plan_when_known():
+    plannable = ["2027-01", "2026-12", "2026-11"]
+    assert forms.period_options(plannable=plannable) == plannable  # no overlay months added
+    assert forms.period_options(plannable=plannable, extra=["2026-08"])[-1] == "2026-08"

@@ -10,6 +10,7 @@ from apphelpers import APP_MAIN, XSS, make_run, new_app, shown, texts
 from logic import forms
 
 from toolkit.data import storage
+from toolkit.pricing import periods
 
 AUTH = {
     "redirect_uri": "http://localhost:8501/oauth2callback",
@@ -141,6 +142,37 @@ def test_settings_that_contradict_each_other_are_explained_before_launch(
     assert any(e.startswith(f"{key}: ") and words in e for e in errors), errors
     assert at.button(key="launch.go").disabled
     assert runs_written(local_root) == []
+
+
+def test_the_month_picker_offers_the_months_the_data_can_plan_and_starts_on_next_month(
+    app, local_root
+):
+    import datetime as dt
+
+    from toolkit.pricing import demo_data
+
+    demo_data.write(["US"], n_products=12, root=local_root)  # sales through last week
+    at = app.run()
+    month = at.selectbox(key="launch.period")
+    today = dt.date.today()
+    following = dt.date(today.year + today.month // 12, today.month % 12 + 1, 1)
+    assert month.value == following.strftime("%Y-%m")
+    assert today.strftime("%Y-%m") in month.options
+    cfg = forms.baseline(forms.Identity("US", month.value)).config.load_transform
+    assert (
+        month.options
+        == periods.plannable(*demo_data_days(local_root), cfg.history_weeks, cfg.max_gap_weeks)[
+            : len(month.options)
+        ]
+    )
+    assert not at.warning
+
+
+def demo_data_days(root):
+    from toolkit.data import io, schemas
+
+    sales = io.read(storage.raw_url("US", "sales", root), schemas.RawSales)
+    return sales["date"].min(), sales["date"].max()
 
 
 def test_choosing_another_market_loads_its_settings_and_shows_their_origin(app, local_root):
@@ -311,7 +343,7 @@ def test_runs_page_lists_filters_and_follows_a_run(app, local_root):
     assert {"Status", "Market", "Period", "Launched by", "Started", "Duration"} <= set(table)
     shown = texts(at)
     for step in ("Load transform", "Identify underperformers", "Forecast", "Optimize"):
-        assert step in shown
+        assert any(f"**{step}**" in t for t in shown), step
     assert any("failed" in t.lower() for t in shown)
     at.multiselect(key="runs.status").set_value(["succeeded"]).run()
     assert list(at.dataframe[0].value["Run"]) == ["run-a"]
@@ -335,13 +367,79 @@ def test_compare_shows_setting_differences_and_kpi_deltas(app, local_root):
     assert at.multiselect(key="compare.runs").value == ["run-a", "run-b"]
     kpis, params = at.dataframe[0].value, at.dataframe[1].value
     delta = [c for c in kpis.columns if c.startswith("Δ")]
-    assert delta == ["Δ US 2026-11 · Revenue weight 0.2"]  # runs named by what changed
+    # Runs named by what differs from the defaults, what was changed at launch first.
+    assert delta == ["Δ US 2026-11 · Revenue weight 0.2, Max discount 30% +2 more"]
     revenue = kpis.set_index("KPI").loc["Revenue change"]
     a, b = (float(v.split()[0].replace(",", "")) for v in revenue.iloc[:2])
     assert revenue.iloc[0].endswith(" USD") and revenue[delta[0]] == f"{b - a:+,.0f} USD"
     row = params.set_index("Setting").loc["Objective weights: Revenue"]
     assert list(row.iloc[:2]) == ["0.7", "0.2"]
     assert not any("different currencies" in w for w in texts(at, "warning"))
+
+
+def test_runs_are_told_apart_by_name_note_and_what_changed(app, local_root):
+    from toolkit.pricing import demo_data
+    from toolkit.runs import store as runs
+
+    demo_data.write(["US"], n_products=12, root=local_root, as_of="2026-12-04")
+    at = app.run()
+    at.selectbox(key="launch.period").set_value("2026-11").run()
+    at.number_input(key="cfg.optimize.constraints.max_discount").set_value(20.0)
+    at.text_input(key="launch.name").set_value("Deeper cuts")
+    at.text_area(key="launch.note").set_value("Does 20% beat 30%?")
+    at.run()
+    at.button(key="launch.go").click().run()
+    run_id = at.session_state["launch.last"]
+    record = runs.load(run_id, local_root)
+    assert (record.name, record.note) == ("Deeper cuts", "Does 20% beat 30%?")
+    assert at.text_input(key="launch.name").value == ""  # the next run gets its own
+    make_run(local_root, "run-de", market="DE", currency="EUR", launcher="bob@example.com")
+
+    at = open_page(new_app(), "runs", run=run_id)
+    table = at.dataframe[0].value.set_index("Run")
+    assert table.loc[run_id, "Name"] == "Deeper cuts"
+    # What differs from the defaults, what was changed at launch first, money in its currency.
+    assert table.loc[run_id, "What changed"].startswith(
+        "Max discount 20%, Markdown budget 60,000 USD"
+    )
+    assert table.loc["run-de", "Name"] == ""
+    assert "Deeper cuts (US 2026-11 · all categories)" in texts(at, "subheader")
+    assert "Note: Does 20% beat 30%?" in texts(at, "caption")
+    for key, value, expected in [
+        ("runs.market", ["DE"], ["run-de"]),
+        ("runs.launcher", ["bob@example.com"], ["run-de"]),
+        ("runs.status", ["queued"], [run_id]),
+    ]:
+        at.multiselect(key=key).set_value(value).run()
+        assert list(at.dataframe[0].value["Run"]) == expected, key
+        at.multiselect(key=key).set_value([]).run()
+    at.multiselect(key="runs.period").set_value(["2026-11"]).run()
+    assert set(at.dataframe[0].value["Run"]) >= {"run-de"}
+
+
+def test_compare_labels_runs_by_their_names(app, local_root):
+    make_run(local_root, "run-a")
+    make_run(local_root, "run-b", run_name="Deeper cuts", price_change=-0.2)
+    at = open_page(app, "compare", runs="run-a,run-b")
+    delta = [c for c in at.dataframe[0].value.columns if c.startswith("Δ")]
+    assert delta == ["Δ US 2026-11 · Deeper cuts"]
+
+
+def test_a_run_name_that_cannot_be_stored_refuses_the_launch(local_root):
+    from logic import access, launch
+
+    with pytest.raises(launch.LaunchRefused) as refused:
+        launch.launch(
+            forms.Identity("US", "2026-11"),
+            {},
+            access.Viewer.local_user(),
+            name="x" * 81,
+        )
+    assert (
+        str(refused.value)
+        == "Run name: the run name is 81 characters; keep it to 80 (say more in the note)"
+    )
+    assert runs_written(local_root) == []
 
 
 # ---------------------------------------------------------------------------
@@ -383,8 +481,9 @@ def test_the_launched_run_gets_exactly_the_values_the_form_shows(app, local_root
     from toolkit.pricing import demo_data
     from toolkit.runs import store as runs
 
-    demo_data.write(["US"], n_products=12, root=local_root)
+    demo_data.write(["US"], n_products=12, root=local_root, as_of="2026-12-04")
     at = app.run()
+    at.selectbox(key="launch.period").set_value("2026-11").run()
     assert at.number_input(key="cfg.optimize.constraints.markdown_budget").label == (
         "Markdown budget (USD)"
     )
@@ -492,6 +591,24 @@ def test_a_cancel_reads_as_a_cancel(app, local_root):
     at = open_page(app, "run_detail", run="run-c")
     assert not at.error, texts(at, "error")
     assert "This run was cancelled by ann@example.com; nothing was delivered." in texts(at, "info")
+
+
+def test_a_cancel_shows_cancelling_until_the_run_is_recorded_cancelled(app, local_root):
+    from toolkit import config as config_mod
+    from toolkit.runs import queue
+    from toolkit.runs import store as runs
+
+    resolved = config_mod.resolve(patches=["country=US"])
+    run_id = queue.submit(resolved, patches=["country=US"], launcher="boss@example.com").id
+    at = open_page(app, "runs", run=run_id)
+    at.button(key=f"cancel-runs-{run_id}").click().run()
+    cancelling = [b for b in at.button if b.label == "Cancelling…"]
+    assert cancelling and cancelling[0].disabled  # shown while the cancel is written
+    assert not [b for b in at.button if b.label == "Cancel this run"]
+    assert runs.load(run_id, local_root).status == "cancelled"
+    at.run()  # the panel's next refresh reads the record
+    assert not [b for b in at.button if b.label == "Cancelling…"]
+    assert any(i.startswith("This run was cancelled by") for i in texts(at, "info"))
 
 
 TRACEBACK = 'Traceback (most recent call last):\n  File "/srv/secret/toolkit/x.py", line 1'

@@ -131,7 +131,7 @@ def test_a_second_run_reuses_cached_steps_and_compares(first_run):
     at.query_params["run"] = second
     at.switch_page("views/runs.py").run()
     assert any("Reused from cache" in t for t in texts(at, "markdown"))
-    assert any(f"reused from run {first}" in t for t in texts(at, "text"))
+    assert any(f"reused from run {first}" in t for t in texts(at))
 
     compare = new_app().run()
     compare.query_params["runs"] = f"{first},{second}"

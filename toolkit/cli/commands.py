@@ -12,6 +12,7 @@ import click
 from toolkit import config as config_mod
 from toolkit import project, settings
 from toolkit.cli import options as cli_options
+from toolkit.runs import record as record_mod
 
 # Shared with the other command module.
 _patch_option, _config_option = cli_options.patch_option, cli_options.config_option
@@ -155,9 +156,37 @@ def sources_check(patches, configs) -> None:
         sys.exit(1)
 
 
+_name_option = click.option(
+    "--name",
+    default=None,
+    help=f"A short name for the run, shown in lists (at most {record_mod.NAME_MAX} characters).",
+)
+_note_option = click.option(
+    "--note",
+    default=None,
+    help=f"Why this run, in a sentence or two (at most {record_mod.NOTE_MAX} characters).",
+)
+
+
+def _labels_or_exit(name, note) -> dict:
+    """The run's name and note as stored, or a one-line usage error."""
+    labels = {}
+    for option, check, text in (
+        ("name", record_mod.check_name, name),
+        ("note", record_mod.check_note, note),
+    ):
+        try:
+            labels[option] = check(text)
+        except record_mod.LabelError as exc:
+            _usage_exit(f"--{option}: {exc}")
+    return labels
+
+
 @main.command("run")
 @_patch_option
 @_config_option
+@_name_option
+@_note_option
 @click.option("--force", is_flag=True, help="Re-execute every step, ignoring the cache.")
 @click.option("--run-id", default=None, hidden=True, help="Use this id (the app picks one).")
 @click.option(
@@ -168,10 +197,11 @@ def sources_check(patches, configs) -> None:
 )
 @click.option("--workers", type=int, default=None, help="Dask LocalCluster workers.")
 @click.option("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786.")
-def run_command(patches, configs, force, run_id, executor, workers, scheduler) -> None:
+def run_command(patches, configs, name, note, force, run_id, executor, workers, scheduler) -> None:
     """Run the pipeline: prints the run id, progress per step and where outputs are."""
     from toolkit.runs import runner
 
+    labels = _labels_or_exit(name, note)
     resolved = _resolve_or_exit(configs, patches)
     executor, options = _executor_choice(resolved, executor, workers, scheduler)
     try:
@@ -184,6 +214,7 @@ def run_command(patches, configs, force, run_id, executor, workers, scheduler) -
             executor=executor,
             executor_options=options,
             progress=_progress,
+            **labels,
         )
     except runner.RunFailed as exc:
         click.echo(f"\n{exc}", err=True)
@@ -455,6 +486,9 @@ def runs_show(run_id, as_json) -> None:
         f"{row['category'] or 'all'}, launched by {row['launcher']}, "
         f"{row['duration_s'] or 0:.0f}s"
     )
+    for label in ("name", "note"):
+        if getattr(record, label):
+            click.echo(f"{label}: {getattr(record, label)}")
     click.echo("\nconfig:")
     for key, origin in record.origins.items():
         click.echo(f"  {key} = {json.dumps(_lookup(record.config, key))}  # {origin}")
@@ -526,6 +560,8 @@ def runs_cancel(run_id) -> None:
 @main.command("submit")
 @_patch_option
 @_config_option
+@_name_option
+@_note_option
 @click.option(
     "--priority",
     type=click.IntRange(0, 9),
@@ -533,13 +569,14 @@ def runs_cancel(run_id) -> None:
     show_default=True,
     help="Higher starts first; equal priorities start in submission order.",
 )
-def submit_command(patches, configs, priority) -> None:
+def submit_command(patches, configs, name, note, priority) -> None:
     """Queue a run for a worker (`toolkit worker`); prints its id at once."""
     from toolkit.runs import queue
 
+    labels = _labels_or_exit(name, note)
     resolved = _resolve_or_exit(configs, patches)
     try:
-        record = queue.submit(resolved, configs, patches, priority=priority)
+        record = queue.submit(resolved, configs, patches, priority=priority, **labels)
     except storage_errors() as exc:
         click.echo(f"submit failed: {exc}", err=True)
         sys.exit(1)

@@ -65,8 +65,7 @@ class StorageClient(AbstractStorageClient):
         remote = self._remote_path(local)
         destination = destination or local
         if self._is_dir(remote):
-            fs, path = storage.filesystem(remote)
-            fs.get(path, str(destination), recursive=True)
+            storage.download_tree(remote, destination)
         else:
             storage.download_file(remote, destination)
 
@@ -77,12 +76,10 @@ class StorageClient(AbstractStorageClient):
         storage.upload_file(local, self._remote_path(local))
 
     def _is_file(self, remote):
-        fs, path = storage.filesystem(remote)
-        return fs.isfile(path)
+        return storage.kind(remote) == "file"
 
     def _is_dir(self, remote):
-        fs, path = storage.filesystem(remote)
-        return fs.isdir(path)
+        return storage.kind(remote) == "directory"
 
     def __repr__(self):
         return f"{type(self).__name__}({self._parent!r})"

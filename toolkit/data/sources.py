@@ -65,12 +65,10 @@ def urls(name: str, source: Mapping, run: Mapping) -> list[str]:
     url = expand(source["url"], run)
     if not any(char in url for char in "*?["):
         return [url]
-    fs, pattern = storage.filesystem(url)
-    matches = sorted(fs.glob(pattern))
+    matches = storage.glob(url)  # within the storage deadline, spelled as the URL is
     if not matches:
         raise SourceError(f"{_key(name, 'url')}: no file matches {url}")
-    # Keep the URL's own spelling: a local path stays a path, s3://... stays a URL.
-    return [fs.unstrip_protocol(path) if "://" in url else path for path in matches]
+    return matches
 
 
 def input_urls(sources: Mapping, run: Mapping) -> list[str]:

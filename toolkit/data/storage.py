@@ -241,6 +241,14 @@ def info(url: str) -> dict[str, Any]:
     return _bounded(url, "check", fs, "info", path)
 
 
+def kind(url: str) -> str | None:
+    """``"file"`` or ``"directory"`` (a prefix, on an object store); None when neither."""
+    try:
+        return info(url).get("type")
+    except FileNotFoundError:
+        return None
+
+
 def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
     return _bounded(url, "read", fs, "cat_file", path)
@@ -297,6 +305,12 @@ def download_file(url: str, local: str | Path) -> None:
     local = Path(local)
     local.parent.mkdir(parents=True, exist_ok=True)
     local.write_bytes(read_bytes(url))
+
+
+def download_tree(url: str, local: str | Path) -> None:
+    """Copy the folder (or prefix) ``url`` to ``local``, within one deadline."""
+    fs, path = filesystem(url)
+    _bounded(url, "read", fs, "get", path, str(local), recursive=True)
 
 
 def listdir(url: str) -> list[str]:

@@ -23,6 +23,7 @@ __all__ = [
     "HistoryError",
     "Timeline",
     "last_complete_sunday",
+    "plannable",
     "timeline",
     "weeks_of",
     "weeks_through",
@@ -109,3 +110,28 @@ def timeline(
         )
     history = pd.date_range(end=last, periods=history_weeks, freq="7D", unit="ns")
     return Timeline(period, history, gap, priced)
+
+
+def plannable(
+    first_sales_day: dt.date | str | pd.Timestamp,
+    last_sales_day: dt.date | str | pd.Timestamp,
+    history_weeks: int,
+    max_gap_weeks: int,
+) -> list[str]:
+    """The months a run can plan with sales from ``first_sales_day`` to ``last_sales_day``,
+    newest first: those whose whole history lies within the sales and ends at most
+    ``max_gap_weeks`` before them (``timeline``'s rule)."""
+    first_monday = pd.Timestamp(first_sales_day).normalize()
+    first_monday -= pd.Timedelta(days=first_monday.dayofweek)
+    # The latest month a gap allows starts within max_gap_weeks (+ its first week) after.
+    horizon = pd.Timestamp(last_sales_day) + pd.Timedelta(weeks=max_gap_weeks + 2)
+    months = pd.period_range(pd.Timestamp(first_sales_day), horizon, freq="M")
+    out = []
+    for month in months:
+        try:
+            window = timeline(str(month), last_sales_day, history_weeks, max_gap_weeks)
+        except HistoryError:
+            continue
+        if window.history[0] >= first_monday:
+            out.append(str(month))
+    return out[::-1]

@@ -21,6 +21,7 @@ again; ``save`` always writes the current version.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -36,7 +37,12 @@ __all__ = [
     "RunStatus",
     "StepRecord",
     "StepStatus",
+    "LabelError",
+    "NAME_MAX",
+    "NOTE_MAX",
     "absolute_url",
+    "check_name",
+    "check_note",
     "describe_errors",
     "map_urls",
     "migrate",
@@ -138,6 +144,9 @@ class RunRecord(_Model):
     launcher: str | None = Field(None, description="Who launched (TOOLKIT_LAUNCHER or user).")
     host: str | None = Field(None, description="Machine of the run process.")
     launched_from: str | None = Field(None, description="'app' when the app queued it.")
+    # Added without a new schema version: optional, absent in older records (read as None).
+    name: str | None = Field(None, description="A short name the launcher gave the run.")
+    note: str | None = Field(None, description="The launcher's note: why this run.")
     backfill: str | None = Field(None, description="The backfill that started the run.")
     queue_entry: str | None = Field(
         None, description="Its entry under queue/pending while it waits for a worker."
@@ -192,6 +201,46 @@ class RunRecord(_Model):
         base = root or self.root
         data = {**self.model_dump(mode="json"), "schema_version": SCHEMA_VERSION, "root": base}
         return map_urls(data, lambda url: relative_url(base, url))
+
+
+NAME_MAX = 80
+NOTE_MAX = 500
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+class LabelError(ValueError):
+    """A run name or note that cannot be stored; the message says why, in plain words."""
+
+
+def check_name(text: str | None) -> str | None:
+    """A run's name as stored: one line, spaces collapsed, at most ``NAME_MAX`` characters;
+    None when empty.
+
+    Raises:
+        LabelError: too long, or with control characters.
+    """
+    text = " ".join(str(text or "").split())
+    if _CONTROL.search(text):
+        raise LabelError("the run name may not contain control characters")
+    if len(text) > NAME_MAX:
+        raise LabelError(
+            f"the run name is {len(text)} characters; keep it to {NAME_MAX} (say more in the note)"
+        )
+    return text or None
+
+
+def check_note(text: str | None) -> str | None:
+    """A run's note as stored: trimmed, at most ``NOTE_MAX`` characters; None when empty.
+
+    Raises:
+        LabelError: too long, or with control characters other than line breaks and tabs.
+    """
+    text = str(text or "").replace("\r\n", "\n").strip()
+    if _CONTROL.search(text):
+        raise LabelError("the note may not contain control characters")
+    if len(text) > NOTE_MAX:
+        raise LabelError(f"the note is {len(text)} characters; keep it to {NOTE_MAX}")
+    return text or None
 
 
 class RecordInvalid(ValueError):

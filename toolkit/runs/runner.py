@@ -238,8 +238,10 @@ def start(
     executor="serial",
     executor_options=None,
     progress: Progress = print,
+    **fields: Any,
 ) -> RunRecord:
-    """Create a run and execute it. Returns the final record.
+    """Create a run and execute it. Returns the final record. ``fields`` set record fields
+    (``name``, ``note``).
 
     Raises:
         RunFailed: the run did not succeed (or was cancelled before it started).
@@ -252,7 +254,14 @@ def start(
     lease = _new_lease(run_id, root)
     try:
         record = create(
-            resolved, configs, patches, run_id=run_id, executor=executor, force=force, lease=lease
+            resolved,
+            configs,
+            patches,
+            run_id=run_id,
+            executor=executor,
+            force=force,
+            lease=lease,
+            **fields,
         )
     except BaseException:
         lease.release()

@@ -317,6 +317,7 @@ def summary_row(record: RunRecord) -> dict[str, Any]:
         "market": record.market or None,
         "period": record.period or None,
         "category": record.category,
+        "name": record.name,
         "launcher": record.launcher,
         "started_at": record.started_at,
         "duration_s": duration_seconds(record),

@@ -78,6 +78,24 @@ def test_client_uploads_data_before_its_metadata(root_fixture, request, tmp_path
     assert storage.read_bytes(remote) == b"data"
 
 
+@pytest.mark.parametrize("root_fixture", ["local_root", "s3_root"])
+def test_client_downloads_a_folder_product_and_tells_files_from_folders(
+    root_fixture, request, tmp_path
+):
+    root = request.getfixturevalue(root_fixture)
+    remote = storage.join(root, "builds", "market=US", "period=2026-11", "category=all", "plots")
+    storage.write_bytes(storage.join(remote, "a.png"), b"a")
+    storage.write_bytes(storage.join(remote, "b.png"), b"b")
+    local = tmp_path / "build" / "market=US" / "period=2026-11" / "category=all" / "plots"
+    client = ploomber_storage.StorageClient()
+    assert client._is_dir(remote) and not client._is_file(remote)
+    assert client._is_file(storage.join(remote, "a.png"))
+    assert not client._is_dir(storage.join(remote, "none"))
+    client.download(str(local))
+    assert sorted(p.name for p in local.iterdir()) == ["a.png", "b.png"]
+    assert (local / "b.png").read_bytes() == b"b"
+
+
 def test_client_sets_a_failed_notebook_aside(local_root, tmp_path):
     folder = tmp_path / "market=US" / "period=2026-11" / "category=all" / "optimize"
     folder.mkdir(parents=True)

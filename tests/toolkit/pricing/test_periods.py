@@ -88,3 +88,15 @@ def test_sales_ending_too_long_before_the_period_name_the_last_day_and_the_gap()
         "load_transform.max_gap_weeks=8"
     )
     assert periods.timeline("2027-02", pd.Timestamp("2026-11-29"), 156, 9).gap_weeks == 9
+
+
+def test_plannable_months_are_those_whose_history_the_sales_cover():
+    # Sales 2024-01-01 (a Monday) .. 2026-11-29 (a Sunday): 152 complete weeks.
+    months = periods.plannable("2024-01-01", "2026-11-29", history_weeks=104, max_gap_weeks=8)
+    # Newest: January 2027 (its first week is 5 weeks after the sales); February's would be 9.
+    assert months[0] == "2027-01" and "2027-02" not in months
+    # Oldest: the first month with 104 complete weeks of sales before it.
+    assert months[-1] == "2026-01"
+    assert months == sorted(months, reverse=True) and len(months) == 13
+    assert periods.plannable("2024-01-01", "2026-11-29", 156, 8) == []  # too short a history
+    assert periods.plannable("2024-01-01", "2026-11-29", 104, 4)[0] == "2026-12"

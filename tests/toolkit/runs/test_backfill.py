@@ -10,11 +10,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
-from helpers import PROJECT_DIR, TOOLKIT, export_of, new_bucket, toolkit, toolkit_env
+from helpers import PROJECT_DIR, TOOLKIT, export_of, new_bucket, toolkit, toolkit_env, wait_for
 
 from toolkit.data import storage
 from toolkit.pricing import demo_data
@@ -37,16 +36,6 @@ def record_of(root, run_id):
 def plan_of(record):
     data = storage.read_bytes(record.steps["optimize"].outputs["data"])
     return pd.read_parquet(io.BytesIO(data))
-
-
-def wait_for(predicate, timeout=120, every=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
 
 
 def runs_by_combination(root, manifest):

@@ -6,14 +6,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
 import time
 
 import pytest
-from helpers import PROJECT_DIR, TOOLKIT, new_bucket, toolkit, toolkit_env
+from helpers import TOOLKIT, new_bucket, project_copy, toolkit, toolkit_env, wait_for
 
 from toolkit.data import storage
 from toolkit.pricing import demo_data
@@ -178,29 +177,10 @@ def test_a_running_record_reads_interrupted_once_its_lease_is_released_or_expire
 @pytest.fixture(scope="module")
 def slow_project(tmp_path_factory):
     """A copy of the project whose optimize step sleeps for ``TEST_OPTIMIZE_SLEEP`` s."""
-    target = tmp_path_factory.mktemp("project")
-    for name in ("toolkit", "notebooks", "configs"):
-        shutil.copytree(
-            PROJECT_DIR / name, target / name, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    for name in ("pipeline.yaml", "env.yaml"):
-        shutil.copy(PROJECT_DIR / name, target / name)
-    notebook = target / "notebooks" / "optimize.py"
-    notebook.write_text(
-        notebook.read_text()
-        + "\n# %%\nimport os, time\ntime.sleep(float(os.environ.get('TEST_OPTIMIZE_SLEEP', 0)))\n"
+    return project_copy(
+        tmp_path_factory.mktemp("project"),
+        "\n# %%\nimport os, time\ntime.sleep(float(os.environ.get('TEST_OPTIMIZE_SLEEP', 0)))\n",
     )
-    return target
-
-
-def wait_for(predicate, timeout=300, every=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.mark.slow

@@ -134,3 +134,18 @@ def test_a_handed_back_run_is_resumed_without_spending_the_budget(local_root):
     lease.release()  # its worker stopped and handed it back
     found = queue.abandoned(local_root, retries=0, seconds=1.0, limit=5)
     assert found == [queue.Abandoned(run_id, handed_back=True, takeovers=0)]
+
+
+def test_a_run_can_be_named_and_noted_when_submitted(local_root):
+    env = toolkit_env(local_root)
+    argv = ["submit", "--patch", "country=US", "--name", "Deeper cuts", "--note", "test 40%"]
+    run_id = toolkit(argv, env).stdout.strip()
+    record = runs.load(run_id)
+    assert (record.name, record.note) == ("Deeper cuts", "test 40%")
+    too_long = toolkit(["submit", "--name", "x" * 81], env, check=False)
+    assert too_long.returncode == 2
+    assert (
+        too_long.stderr.strip()
+        == "--name: the run name is 81 characters; keep it to 80 (say more in the note)"
+    )
+    assert queue.positions() == {run_id: 1}  # nothing queued for the refused one

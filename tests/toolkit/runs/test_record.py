@@ -11,10 +11,15 @@ import pytest
 from toolkit.data import storage
 from toolkit.runs import store as runs
 from toolkit.runs.record import (
+    NAME_MAX,
+    NOTE_MAX,
     SCHEMA_VERSION,
+    LabelError,
     RunEvent,
     RunRecord,
     StepRecord,
+    check_name,
+    check_note,
     map_urls,
     relative_url,
 )
@@ -224,3 +229,39 @@ def test_assignments_are_validated():
         record.status = "done"
     record.status = "running"
     assert record.status == "running"
+
+
+def test_a_record_without_name_or_note_reads_as_none_and_keeps_them_once_set(local_root):
+    write_raw(local_root, version_1_record(local_root))
+    record = runs.load(RUN_ID, local_root)
+    assert (record.name, record.note) == (None, None)
+    record.name, record.note = "Black Friday test", "deeper cuts, same budget"
+    runs.save(record, local_root)
+    again = runs.load(RUN_ID, local_root)
+    assert (again.name, again.note) == ("Black Friday test", "deeper cuts, same budget")
+
+
+@pytest.mark.parametrize(
+    ("check", "text", "expected"),
+    [
+        (check_name, "  Deeper\tcuts \n ", "Deeper cuts"),
+        (check_name, "   ", None),
+        (check_note, " line one\r\nline two ", "line one\nline two"),
+        (check_note, None, None),
+    ],
+)
+def test_names_and_notes_are_stored_tidy(check, text, expected):
+    assert check(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("check", "text", "words"),
+    [
+        (check_name, "x" * (NAME_MAX + 1), f"keep it to {NAME_MAX}"),
+        (check_name, "bell\x07", "control characters"),
+        (check_note, "y" * (NOTE_MAX + 1), f"keep it to {NOTE_MAX}"),
+    ],
+)
+def test_a_name_or_note_that_cannot_be_stored_says_why(check, text, words):
+    with pytest.raises(LabelError, match=words):
+        check(text)

@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import time
 
 import pytest
-from helpers import new_bucket, toolkit, toolkit_env
+from helpers import new_bucket, toolkit, toolkit_env, wait_for
 from logic import browse, page_data
 
 from toolkit.data import storage
@@ -144,10 +143,3 @@ def test_a_copied_or_synced_store_browses_and_resumes(tmp_path, s3_env):
         assert resumed.status == "succeeded"
         for name, step in resumed.steps.items():
             assert all(url.startswith(f"{root}/cache/") for url in step.outputs.values()), name
-
-
-def wait_for(predicate, timeout, every=0.5):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(every)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -19,8 +17,10 @@ from helpers import (
     Receiver,
     export_of,
     new_bucket,
+    project_copy,
     toolkit,
     toolkit_env,
+    wait_for,
 )
 
 from toolkit.data import storage
@@ -325,16 +325,6 @@ def local_store(tmp_path_factory):
     return str(root)
 
 
-def wait_for(predicate, timeout=300, every=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
-
-
 def resume_and_check(root, run_id, env):
     wait_for(lambda: record_of(root, run_id).status == "interrupted", timeout=60)
     toolkit(["resume", run_id], env)
@@ -398,25 +388,16 @@ def test_crash_around_publishing_then_resume(local_store, point, horizon, attemp
 @pytest.fixture(scope="module")
 def faulty_project(tmp_path_factory):
     """A copy of the project whose optimize notebook misbehaves on request, after writing."""
-    target = tmp_path_factory.mktemp("project")
-    for name in ("toolkit", "notebooks", "configs"):
-        shutil.copytree(
-            PROJECT_DIR / name, target / name, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    for name in ("pipeline.yaml", "env.yaml"):
-        shutil.copy(PROJECT_DIR / name, target / name)
-    notebook = target / "notebooks" / "optimize.py"
-    notebook.write_text(
-        notebook.read_text()
-        + (
+    return project_copy(
+        tmp_path_factory.mktemp("project"),
+        (
             "\n# %%\nimport os, time\n"
             "fault = os.environ.get('TEST_OPTIMIZE_FAULT')\n"
             "if fault == 'raise':\n    raise RuntimeError('optimize broke after writing')\n"
             "if fault == 'sleep':\n    time.sleep(3600)\n"
             "if fault == 'exit':\n    os._exit(138)\n"
-        )
+        ),
     )
-    return target
 
 
 @pytest.mark.parametrize(

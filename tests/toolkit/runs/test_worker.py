@@ -29,7 +29,9 @@ def _worker(root, log, *args) -> subprocess.Popen:
     return subprocess.Popen(
         [*TOOLKIT, "worker", "--no-schedules", *args],
         cwd=PROJECT_DIR,
-        env=toolkit_env(root),
+        # Beats of 2 s: a slot gives up its lease after 3 missed beats, and on a loaded
+        # machine a 1 s beat can be missed that often while the slot imports.
+        env=toolkit_env(root, TOOLKIT_HEARTBEAT_SECONDS="2"),
         stdout=open(log, "w"),  # noqa: SIM115 - the process keeps it
         stderr=subprocess.STDOUT,
     )
