@@ -2,7 +2,8 @@
 # # Load and transform
 # Read the market's raw daily sales and catalog from their sources (`sources`), check them
 # against their contracts, and aggregate complete weekly series per product for the history
-# before the period: the month being priced.
+# before the period: the month being priced. The period's own weeks, when the data holds
+# them, are kept apart as actuals.
 
 # %% tags=["parameters"]
 upstream = None
@@ -14,7 +15,7 @@ config = None  # config section load_transform
 from pathlib import Path
 
 from toolkit.data import io, schemas, sources
-from toolkit.pricing import transform
+from toolkit.pricing import actuals, transform
 
 reports = str(Path(product["nb"]).parent)
 
@@ -48,3 +49,10 @@ io.write(weekly, product["data"], schemas.WeeklySales)
 kept = catalog["product_id"].isin(weekly["product_id"].unique())
 io.write(catalog[kept], product["catalog"], schemas.Catalog)
 print(f"{weekly['product_id'].nunique()} products x {weekly['week'].nunique()} weeks")
+
+# %%
+# The period's own sales, when the data holds them (a past period): only the check_forecast
+# step reads them, to compare with the forecast; no model ever learns from them.
+held = actuals.period_actuals(sales, weekly["product_id"].unique(), run["period"])
+io.write(held, product["actuals"], schemas.Actuals)
+print(f"actual sales in {held['week'].nunique()} weeks of period {run['period']}")

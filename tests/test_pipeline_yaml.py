@@ -68,10 +68,16 @@ def test_ploomber_build_writes_every_product_under_the_root(built):
     root, _ = built["ploomber"]
     base = products(root)
     for step, names in {
-        "load_transform": ["weekly_sales.parquet", "catalog.parquet", "load_transform.ipynb"],
+        "load_transform": [
+            "weekly_sales.parquet",
+            "catalog.parquet",
+            "actuals.parquet",
+            "load_transform.ipynb",
+        ],
         "identify_underperformers": ["underperformers.parquet"],
         "forecast": ["forecasts.parquet", "accuracy.parquet", "forecast.ipynb"],
         "optimize": ["plan.parquet", "kpis.json"],
+        "check_forecast": ["forecast_vs_actual.parquet", "summary.json"],
         "format_output": ["recommendations.csv", "recommendations.json", "delivery.json"],
     }.items():
         for name in names:
@@ -272,4 +278,56 @@ def test_this_month_and_next_from_the_demo_layout_and_from_csv_exports(tmp_path)
     text[1] = ",".join(fields)
     storage.write_bytes(url, ("\n".join(text) + "\n").encode())
     again = run(mine, own_env).stdout.splitlines()
-    assert again[1] == "[1/5] load_transform: running", again
+    assert again[1] == "[1/6] load_transform: running", again
+
+
+def test_a_past_period_learns_nothing_from_later_sales_and_is_checked_against_them(tmp_path):
+    """November 2026 planned on 4 December, and on 2 November with the same sales up to
+    then: the same plan. Only the first data holds November's sales, so only its run
+    checks the forecast against them; the other says there are no actuals."""
+    toolkit = str(BIN / "toolkit")
+    records = {}
+    for name in ("later", "before"):
+        root = tmp_path / name / "store"
+        demo_data.write(["US"], n_products=20, root=str(root), as_of=AS_OF)
+        sales_url = storage.raw_url("US", "sales", str(root))
+        sales = pd.read_parquet(sales_url)
+        if name == "before":  # through Sun 1 November: November's first week starts on the 2nd
+            io.write(sales[sales["date"] < "2026-11-02"], sales_url, schemas.RawSales)
+        env = environment(root, tmp_path / name / "build")
+        out = run([toolkit, "run", "--patch", "country=US", "--patch", "period=2026-11"], env)
+        records[name] = record_by_id(root, out.stdout.splitlines()[0].split()[1])
+        records[name]["sales"] = sales
+
+    def output(name, step, product):
+        return records[name]["steps"][step]["outputs"][product]
+
+    for step, product in [("load_transform", "data"), ("forecast", "data"), ("optimize", "data")]:
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(output("later", step, product)),
+            pd.read_parquet(output("before", step, product)),
+        )
+    assert storage.read_bytes(output("later", "format_output", "csv")) == storage.read_bytes(
+        output("before", "format_output", "csv")
+    )
+
+    checked = json.loads(storage.read_bytes(output("later", "check_forecast", "summary")))
+    assert checked["status"] == "checked" and checked["forecast_basis"].startswith("current_price")
+    assert checked["weeks"] == ["2026-11-02", "2026-11-09", "2026-11-16", "2026-11-23"]
+    assert all(isinstance(checked[k], float) for k in ("wape", "mape", "bias"))
+    rows = io.read(output("later", "check_forecast", "data"), schemas.ForecastVsActual)
+    forecasts = pd.read_parquet(output("later", "forecast", "data"))
+    assert set(rows["product_id"]) == set(forecasts["product_id"]) and len(rows) == 4 * len(
+        set(forecasts["product_id"])
+    )
+    sales = records["later"]["sales"]
+    november = sales[sales["date"].between("2026-11-02", "2026-11-29")]
+    sold = november.groupby("product_id")["units"].sum()
+    by_product = rows.groupby("product_id")["actual_units"].sum()
+    assert by_product.to_dict() == sold[by_product.index].astype(float).to_dict()
+    assert checked["actual_units"] == float(by_product.sum())
+
+    none = json.loads(storage.read_bytes(output("before", "check_forecast", "summary")))
+    assert none["status"] == "no_actuals" and "wape" not in none
+    assert none["message"].startswith("no actuals for period 2026-11: the raw sales hold 0 of")
+    assert io.read(output("before", "check_forecast", "data"), schemas.ForecastVsActual).empty

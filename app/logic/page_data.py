@@ -22,7 +22,7 @@ import yaml
 from logic import browse, forms
 from toolkit import project
 from toolkit.data import storage
-from toolkit.runs import reports
+from toolkit.runs import accuracy, reports
 from toolkit.runs import store as runs
 from toolkit.runs.record import RunRecord
 
@@ -974,3 +974,84 @@ def _run_with_status(run_id: str, root: str) -> str:
         return f"{run_id} ({runs.load(run_id, root).status})"
     except (runs.RunNotFound, runs.RecordUnreadable):
         return f"{run_id} (no record)"
+
+
+# ---------------------------------------------------------------------------
+# Was the forecast right? A past period's forecast against its actual sales
+# ---------------------------------------------------------------------------
+
+CHECK_SERIES = ("Actual", "Forecast at today's price")
+ERROR_MEASURES = {
+    "wape": (
+        "Units missed (WAPE)",
+        "Sum over products of |forecast - actual| over the month, divided by the units sold.",
+    ),
+    "mape": (
+        "Average miss per product (MAPE)",
+        "Mean of |forecast - actual| / actual over the products that sold in the month.",
+    ),
+    "bias": (
+        "Bias",
+        "Forecast minus actual units, over the units sold: above zero the forecast was high.",
+    ),
+}
+
+
+def forecast_check(root: str, record: RunRecord) -> dict[str, Any] | None:
+    """The run's forecast-against-actual summary (check_forecast), or None without one."""
+    url = output_url(record, accuracy.CHECK_STEP, "summary")
+    return read_json(root, url) if url else None
+
+
+def error_cards(summary: Mapping[str, Any]) -> list[dict[str, str]]:
+    """WAPE, MAPE and bias of a checked run as metric cards (label, value, help)."""
+    cards = []
+    for key, (label, why) in ERROR_MEASURES.items():
+        value = summary.get(key)
+        if value is None:  # nothing sold: no ratio, rather than a made-up one
+            shown = "n/a"
+        else:
+            shown = f"{100 * value:+.1f}%" if key == "bias" else f"{100 * value:.1f}%"
+        cards.append({"label": label, "value": shown, "help": why})
+    return cards
+
+
+def forecast_vs_actual_weeks(rows: pd.DataFrame) -> pd.DataFrame:
+    """Long frame (week, units, series) of all products' actual and forecast units per week."""
+    actual, forecast = CHECK_SERIES
+    weekly = rows.groupby("week", as_index=False)[["actual_units", "forecast_units"]].sum()
+    weekly = weekly.rename(columns={"actual_units": actual, "forecast_units": forecast})
+    out = weekly.melt(id_vars="week", var_name="series", value_name="units")
+    out["week"] = pd.to_datetime(out["week"])
+    out["units"] = out["units"].astype(float).round(1)
+    return out
+
+
+def error_per_period(
+    root: str, records: Iterable[RunRecord], market: str, category: str | None
+) -> pd.DataFrame:
+    """Long frame (period, measure, error in percent, run) of the market's forecast error per
+    period (``toolkit.runs.accuracy``), for the runs of ``category`` whose outputs are under
+    ``root``."""
+
+    def readable(record: RunRecord) -> bool:
+        url = output_url(record, accuracy.CHECK_STEP, "summary")
+        try:
+            return bool(url) and bool(browse.check_url(root, url))
+        except browse.OutsideRoot:
+            return False
+
+    chosen = [r for r in records if r.category == category and readable(r)]
+    rows = accuracy.error_by_period(market, chosen)
+    out = [
+        {
+            "period": row["period"],
+            "measure": ERROR_MEASURES[key][0],
+            "error": round(100 * row[key], 1),
+            "run": row["run_id"],
+        }
+        for row in rows
+        for key in ("wape", "bias")
+        if row[key] is not None
+    ]
+    return pd.DataFrame(out, columns=["period", "measure", "error", "run"])

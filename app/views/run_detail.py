@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import altair as alt
+import forecast_checks
 import pandas as pd
 import streamlit as st
 import ui
@@ -219,6 +220,10 @@ with tab_overview:
             "Weekly units sold (last 78 weeks) and the forecast at today's price and, for a "
             "product whose price changes, at the recommended price."
         )
+
+    # Was the forecast right? For a past month whose sales are in, and month by month.
+    forecast_checks.forecast_against_actual(root, record)
+    forecast_checks.error_per_period(root, records, record)
 
 # --- Recommendations: tables and downloads --------------------------------------------------
 with tab_recs:

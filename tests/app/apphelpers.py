@@ -432,3 +432,33 @@ def raw_request(url: str, host: str, path: str = "/", websocket: bool = False) -
                 break
             answer += chunk
     return answer.split(b"\r\n", 1)[0].decode()
+
+
+def check_forecast(root: str, record: RunRecord, period: str, sold: float | None) -> RunRecord:
+    """Move a fabricated run to ``period`` and give it a check_forecast step, as a real run
+    writes it: the run's forecast units for the period's weeks, and actual units of
+    ``sold`` times the forecast (None: the data does not hold the period yet)."""
+    from toolkit.pricing import actuals, periods
+
+    weeks = periods.weeks_of(period)
+    catalog, _, forecasts, _ = _frames(["A", "B", "C", "D"], -0.1)
+    forecasts = forecasts.groupby("product_id").head(len(weeks)).copy()
+    forecasts["week"] = list(weeks) * catalog.shape[0]
+    held = forecasts[["product_id", "week"]].assign(
+        units=forecasts["forecast_units"] * (sold or 0.0),
+        revenue=forecasts["forecast_units"] * (sold or 0.0) * forecasts["current_price"],
+    )
+    rows, summary = actuals.forecast_vs_actual(forecasts, held if sold else held.iloc[:0], period)
+    folder = storage.join(root, "cache", "check_forecast", record.id)
+    outputs = {
+        "data": storage.join(folder, "forecast_vs_actual.parquet"),
+        "summary": storage.join(folder, "summary.json"),
+    }
+    io.write(rows, outputs["data"], schemas.ForecastVsActual)
+    io.write_json(summary, outputs["summary"])
+    steps = {name: step.model_dump() for name, step in record.steps.items()}
+    steps["check_forecast"] = {"status": "succeeded", "outputs": outputs, "duration_s": 1.0}
+    data = record.model_dump()
+    moved = RunRecord.model_validate({**data, "period": period, "steps": steps})
+    runs.save(moved, root)
+    return moved

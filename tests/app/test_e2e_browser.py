@@ -142,7 +142,7 @@ def test_launch_follow_and_read_results_in_a_browser(server_with_worker, browser
 
         page.get_by_role("link", name="Follow it on the Runs page").click()
         expect(page.get_by_role("heading", name="Runs")).to_be_visible()
-        expect(page.get_by_text("5 of 5 steps done").first).to_be_visible()
+        expect(page.get_by_text("6 of 6 steps done").first).to_be_visible()
 
         # Pictures first: KPI cards against their limits and charts, then the table.
         page.goto(f"{url}/run_detail?run={run_id}")

@@ -15,7 +15,7 @@ from apphelpers import PROJECT_DIR, new_app, shown, texts, wait_for_status
 from streamlit import config as st_config
 
 from toolkit.pricing import demo_data
-from toolkit.runs import runner
+from toolkit.runs import accuracy, runner
 from toolkit.runs import store as runs
 
 pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves these out
@@ -109,9 +109,11 @@ def test_the_run_succeeds_and_its_results_show(first_run):
     labels = [shown(m.label) for m in at.metric][:2]
     assert labels == ["Revenue change (USD)", "Margin change (USD)"]
     assert len(at.dataframe[0].value) == int(at.metric[3].value)  # the changed products
-    assert len(at.get("vega_lite_chart")) == 3
+    # A month whose sales are in adds its forecast against actual and the error per period.
+    checked = (accuracy.forecast_check(record) or {}).get("status") == "checked"
+    assert len(at.get("vega_lite_chart")) == (5 if checked else 3)
     notebooks = [e.label for e in at.expander if " · " in e.label]
-    assert len(notebooks) == 5 and all("Succeeded" in n for n in notebooks)
+    assert len(notebooks) == 6 and all("Succeeded" in n for n in notebooks)
 
 
 def test_a_second_run_reuses_cached_steps_and_compares(first_run):

@@ -40,7 +40,14 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-STEPS = ("load_transform", "identify_underperformers", "forecast", "optimize", "format_output")
+STEPS = (
+    "load_transform",
+    "identify_underperformers",
+    "forecast",
+    "optimize",
+    "check_forecast",
+    "format_output",
+)
 
 # Which config sections each step depends on: a change elsewhere does not re-run it.
 STEP_SECTIONS = {
@@ -49,6 +56,7 @@ STEP_SECTIONS = {
     "forecast": ("forecast",),
     "optimize": ("optimize",),
     "format_output": ("output",),
+    "check_forecast": (),  # forecast against actual: no settings
 }
 
 

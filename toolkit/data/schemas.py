@@ -17,9 +17,11 @@ from pandera.typing import Series
 
 __all__ = [
     "CONTRACTS",
+    "Actuals",
     "Catalog",
     "Export",
     "ForecastAccuracy",
+    "ForecastVsActual",
     "Forecasts",
     "Plan",
     "RawSales",
@@ -141,6 +143,41 @@ class ForecastAccuracy(_Contract):
     n_weeks: Series[int] = pa.Field(ge=1, description="Weeks held out.")
 
 
+class Actuals(_Contract):
+    """Weekly sales per product in the weeks of the priced month the raw sales hold
+    (none for a month still to come): what the forecast is checked against, never learnt."""
+
+    product_id: Series[str] = pa.Field(description="Product key.")
+    week: Series[pd.Timestamp] = pa.Field(description="Monday starting a week of the period.")
+    units: Series[float] = pa.Field(ge=0, description="Units sold in the week.")
+    revenue: Series[float] = pa.Field(ge=0, description="Revenue in the week.")
+
+    class Config:
+        unique = ["product_id", "week"]
+
+    @pa.check("week", description="weeks start on Monday")
+    def monday(cls, week: Series[pd.Timestamp]) -> Series[bool]:
+        return week.dt.dayofweek == 0
+
+
+class ForecastVsActual(_Contract):
+    """A past period's forecast at the current price against the units actually sold, per
+    product and week of the period; no rows when the raw sales do not hold all its weeks."""
+
+    product_id: Series[str] = pa.Field(description="Product key.")
+    category: Series[str] = pa.Field(description="Product category.")
+    week: Series[pd.Timestamp] = pa.Field(description="Monday starting a week of the period.")
+    forecast_units: Series[float] = pa.Field(ge=0, description="Units forecast, current price.")
+    actual_units: Series[float] = pa.Field(ge=0, description="Units actually sold.")
+    current_price: Series[float] = pa.Field(gt=0, description="Price the forecast assumes.")
+    actual_price: Series[float] = pa.Field(
+        gt=0, nullable=True, description="Average price paid; empty when nothing sold."
+    )
+
+    class Config:
+        unique = ["product_id", "week"]
+
+
 class Plan(_Contract):
     """One row per candidate product: the chosen price and its expected effect."""
 
@@ -227,6 +264,8 @@ CONTRACTS: dict[str, type[_Contract]] = {
         Underperformers,
         Forecasts,
         ForecastAccuracy,
+        Actuals,
+        ForecastVsActual,
         Plan,
         Export,
     )

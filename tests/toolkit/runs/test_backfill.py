@@ -249,7 +249,7 @@ def test_unknown_market_is_reported_and_the_others_run(dask_backfill):
     results = backfill_mod.backfill("US,XX", "2026-11", progress=lines.append)
     by_market = {r["market"]: r for r in results}
     assert by_market["US"]["status"] == "succeeded"
-    assert by_market["US"]["steps_reused"] == by_market["US"]["steps"] == 5  # all cached
+    assert by_market["US"]["steps_reused"] == by_market["US"]["steps"] == 6  # all cached
     assert by_market["XX"]["status"] == "invalid" and by_market["XX"]["run_id"] is None
     assert "unknown market 'XX'" in by_market["XX"]["error"]
     assert any(line.startswith("[XX 2026-11 all] invalid config:") for line in lines)

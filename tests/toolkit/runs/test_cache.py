@@ -191,6 +191,7 @@ def test_a_cached_parquet_corrupted_in_place_is_reported_and_executed_again(stor
         "load_transform",
         "identify_underperformers",
         "optimize",
+        "check_forecast",
         "format_output",
     }
 
@@ -236,7 +237,7 @@ def test_an_upstream_object_corrupted_after_its_lookup_executes_that_step_again(
 
     def corrupt_after_lookup(message: str) -> None:
         events.append(message)
-        if message.startswith("[1/5] load_transform: reused"):
+        if message.startswith("[1/6] load_transform: reused"):
             hit = cache.lookup(root, IDENTITY, "load_transform", key_of("load_transform"))
             flip_middle(hit["outputs"]["data"])
 

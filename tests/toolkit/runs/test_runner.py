@@ -79,7 +79,8 @@ def test_weight_change_reexecutes_only_the_last_steps(baseline):
     second = run_id_from(out)
     record = record_of(root, second)
     reused = {name for name, step in record.steps.items() if step.reused}
-    assert reused == {"load_transform", "identify_underperformers", "forecast"}
+    # The forecast check reads no weights: it is reused too.
+    assert reused == {"load_transform", "identify_underperformers", "forecast", "check_forecast"}
     assert record.steps["load_transform"].reused_from == first
     assert not record.steps["optimize"].reused
 
@@ -195,7 +196,7 @@ def test_a_fully_cached_run_imports_neither_ploomber_nor_pandas(baseline):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count(f": reused from run {first}") == 5  # every step cached
+    assert result.stdout.count(f": reused from run {first}") == 6  # every step cached
     assert "ploomber modules: []" in result.stdout, result.stdout[-3000:]
     assert "pandas loaded: False" in result.stdout
     assert "Forecast backtest WAPE: model " in result.stdout
