@@ -12,6 +12,9 @@ from helpers import PROJECT_DIR
 
 os.environ["PLOOMBER_STATS_ENABLED"] = "false"
 os.environ["PLOOMBER_VERSION_CHECK_DISABLED"] = "1"
+# gcsfs reads this once, when first imported (by whichever test comes first): its default
+# filesystem asks a gRPC API no emulator has what kind each bucket is, a minute's wait.
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 
 def free_port() -> int:
