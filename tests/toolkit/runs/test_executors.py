@@ -36,7 +36,7 @@ def test_a_step_executes_through_ploomber_and_publishes_its_outputs(local_root):
     demo_data.write(["US"], n_products=12, root=local_root)
     result = executors.execute_step(request_for(local_root, "load_transform", "step-1", {}))
     assert result["status"] == "succeeded", result
-    assert set(result["outputs"]) == {"nb", "data", "catalog"}
+    assert set(result["outputs"]) == {"nb", "data", "catalog", "actuals"}
     assert len(io.read_unchecked(result["outputs"]["data"])) > 0
     cells = json.loads(storage.read_bytes(result["outputs"]["nb"]))["cells"]
     injected = [c for c in cells if "injected-parameters" in c["metadata"].get("tags", [])]
