@@ -8,12 +8,10 @@ was off, month after month: what a pricing team asks first about any model.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
-from toolkit.data import storage
-from toolkit.runs import store
+from toolkit.runs import reports, store
 from toolkit.runs.record import RunRecord
 
 __all__ = ["CHECK_STEP", "error_by_period", "forecast_check"]
@@ -25,14 +23,7 @@ _ERRORS = ("wape", "mape", "bias", "products", "forecast_units", "actual_units")
 def forecast_check(record: RunRecord) -> dict[str, Any] | None:
     """The run's forecast-against-actual summary, or None when it has none (the run did
     not get that far, or predates the step). Its ``status`` says whether it was checked."""
-    step = record.steps.get(CHECK_STEP)
-    url = step.outputs.get("summary") if step else None
-    if not url:
-        return None
-    try:
-        return json.loads(storage.read_bytes(url))
-    except (FileNotFoundError, ValueError):
-        return None
+    return reports.step_json(record, CHECK_STEP, "summary")
 
 
 def error_by_period(

@@ -23,16 +23,22 @@ __all__ = [
 BACKTEST_COLUMNS = ("product_id", "model_mae", "naive_mae", "model_wape", "naive_wape", "n_weeks")
 
 
-def kpis(record: RunRecord) -> dict[str, Any] | None:
-    """The plan KPIs of a run (from its optimize step), or None when it has none yet."""
-    step = record.steps.get("optimize")
-    url = step.outputs.get("kpis") if step else None
+def step_json(record: RunRecord, step_name: str, product: str) -> dict[str, Any] | None:
+    """A JSON product of one of the run's steps, or None when the run has none (not that
+    far yet, a step it predates, or a file gone or unreadable)."""
+    step = record.steps.get(step_name)
+    url = step.outputs.get(product) if step else None
     if not url:
         return None
     try:
         return json.loads(storage.read_bytes(url))
     except (FileNotFoundError, ValueError):
         return None
+
+
+def kpis(record: RunRecord) -> dict[str, Any] | None:
+    """The plan KPIs of a run (from its optimize step), or None when it has none yet."""
+    return step_json(record, "optimize", "kpis")
 
 
 def pooled_backtest(accuracy: Mapping[str, Any]) -> dict:
